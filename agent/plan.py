@@ -1,0 +1,90 @@
+"""The plan: a platform-neutral, immutable description of what isolation allows.
+
+A backend renders a Plan and nothing else; it never sees a policy or a command.
+
+Every `Flow` describes connections by their *original* direction:
+- direction "out": the host opens the connection to `network` on destination `ports`;
+- direction "in":  a peer in `network` opens the connection to the host's local `ports`.
+Replies to an allowed flow pass; nothing else does (no stateless reply shortcuts).
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from dataclasses import dataclass, field, asdict
+from typing import Literal
+
+Direction = Literal["out", "in"]
+Protocol = Literal["tcp", "udp", "icmp", "any"]
+Origin = Literal["vendor", "dns", "exception"]
+Mode = Literal["standard", "strict"]
+
+DNS_PORT = 53
+DHCP_CLIENT_PORT = 68
+DHCP_SERVER_PORT = 67
+
+
+@dataclass(frozen=True, order=True)
+class PortRange:
+    first: int
+    last: int
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.first <= self.last <= 65535):
+            raise ValueError(f"bad port range {self.first}-{self.last}")
+
+    def __str__(self) -> str:
+        return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
+
+
+@dataclass(frozen=True, order=True)
+class Flow:
+    """One allowed kind of connection. `ports == ()` means any port.
+
+    `protocol` is "any" only together with any port; a port list with protocol
+    "any" is compiled into one tcp and one udp flow, so backends never see it.
+    """
+
+    direction: Direction
+    protocol: Protocol
+    network: str  # IPv4 network in CIDR form, e.g. "203.0.113.5/32"
+    ports: tuple[PortRange, ...] = ()
+    origin: Origin = "exception"
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        ipaddress.ip_network(self.network)  # raises on nonsense
+        if self.protocol in ("icmp", "any") and self.ports:
+            raise ValueError(f"{self.protocol} flow cannot carry ports")
+
+    @property
+    def ip_network(self) -> ipaddress.IPv4Network:
+        return ipaddress.ip_network(self.network)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What is allowed while isolated. Loopback is always allowed; all else is dropped,
+    IPv4 and IPv6, on the input, output and forward paths."""
+
+    mode: Mode
+    flows: tuple[Flow, ...]
+    dhcp: bool = True
+    policy_version: int | None = None  # the policy whose exceptions are in this plan
+
+    def by_origin(self, origin: Origin) -> tuple[Flow, ...]:
+        return tuple(f for f in self.flows if f.origin == origin)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def digest(self) -> str:
+        """A short fingerprint of what the plan allows (names and version excluded),
+        so that a backend's read-back can be compared with the plan."""
+        allowed = sorted(
+            (f.direction, f.protocol, f.network, tuple((p.first, p.last) for p in f.ports))
+            for f in self.flows
+        )
+        body = json.dumps({"dhcp": self.dhcp, "flows": allowed}, separators=(",", ":"))
+        return hashlib.sha256(body.encode()).hexdigest()[:16]
