@@ -79,12 +79,25 @@ class Plan:
     def to_json(self) -> dict:
         return asdict(self)
 
+    def atoms(self) -> frozenset[tuple[str, str, str, int, int]]:
+        """What the plan allows, as (direction, protocol, network, first, last) atoms;
+        any port is (0, 0). Independent of how flows are split or named."""
+        return flow_atoms(self.flows)
+
     def digest(self) -> str:
         """A short fingerprint of what the plan allows (names and version excluded),
         so that a backend's read-back can be compared with the plan."""
-        allowed = sorted(
-            (f.direction, f.protocol, f.network, tuple((p.first, p.last) for p in f.ports))
-            for f in self.flows
-        )
-        body = json.dumps({"dhcp": self.dhcp, "flows": allowed}, separators=(",", ":"))
-        return hashlib.sha256(body.encode()).hexdigest()[:16]
+        return atoms_digest(self.dhcp, self.atoms())
+
+
+def flow_atoms(flows) -> frozenset[tuple[str, str, str, int, int]]:
+    out = set()
+    for f in flows:
+        for p in f.ports or (None,):
+            out.add((f.direction, f.protocol, f.network, p.first if p else 0, p.last if p else 0))
+    return frozenset(out)
+
+
+def atoms_digest(dhcp: bool, atoms) -> str:
+    body = json.dumps({"dhcp": dhcp, "atoms": sorted(atoms)}, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
