@@ -1,0 +1,87 @@
+"""The agent config (TOML, DESIGN §2): model and loading. Unknown keys are an error."""
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
+
+from agent.errors import FieldError, InvalidInput, from_pydantic
+from agent.fields import Address, HostAddress, Ports, Protocol
+
+DEFAULT_PATH = "/etc/cordon/agent.toml"
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+class VendorEndpoint(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    address: Address
+    protocol: Protocol
+    ports: Ports
+    name: str | None = None
+
+
+class Vendor(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    # At least one: isolating with no vendor endpoint would cut the responder off the host.
+    endpoints: Annotated[tuple[VendorEndpoint, ...], Field(strict=False, min_length=1)]
+    dns_servers: Annotated[tuple[HostAddress, ...], Field(strict=False)] = ()
+    dhcp: StrictBool = True
+
+
+class ExceptionsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    max_per_direction: Annotated[StrictInt, Field(ge=1, le=10_000)] = 50
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    sensor_type: Literal["endpoint_sensor", "security_agent"] = "endpoint_sensor"
+    backend: Literal["auto", "nftables", "pf", "windivert"] = "auto"
+    state_dir: str = "/var/lib/cordon"
+    control_socket: str = "/run/cordon/control.sock"
+    vendor: Vendor
+    exceptions: ExceptionsConfig = ExceptionsConfig()
+
+    @field_validator("state_dir", "control_socket")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v or not os.path.isabs(v) or "\0" in v:
+            raise ValueError("must be an absolute path")
+        return v
+
+    @property
+    def audit_log(self) -> Path:
+        return Path(self.state_dir) / "audit.log"
+
+
+def config_path(cli_value: str | None) -> str:
+    """--config > $CORDON_CONFIG > /etc/cordon/agent.toml."""
+    return cli_value or os.environ.get("CORDON_CONFIG") or DEFAULT_PATH
+
+
+def load_config(path: str) -> Config:
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidInput(FieldError("", f"cannot read config {path}: {exc.strerror}"), "config") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise InvalidInput(FieldError("", f"config {path} is larger than {MAX_CONFIG_BYTES} bytes"), "config")
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(FieldError("", f"{path} is not valid TOML: {exc}"), "config") from None
+    return parse_config(doc)
+
+
+def parse_config(doc: dict) -> Config:
+    try:
+        return Config.model_validate(doc)
+    except ValidationError as exc:
+        raise InvalidInput(from_pydantic(exc), "config") from None

@@ -1,0 +1,85 @@
+"""`cordon run`: restore enforcement first, then serve the control socket and watch
+for tampering until SIGTERM/SIGINT. Stopping never lifts isolation."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+
+from agent.config import Config
+from agent.engine import Engine
+from agent.errors import ApplyFailed
+from agent.log import configure
+from agent.server import ControlServer
+from agent.store import Store
+from platforms import backend_class
+
+VERIFY_INTERVAL_S = 0.5   # tamper check when the backend offers no change events
+EVENT_VERIFY_S = 5.0      # slow safety-net check when it does
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about readiness / watchdog; a no-op elsewhere."""
+    target = os.environ.get("NOTIFY_SOCKET")
+    if not target:
+        return
+    if target.startswith("@"):
+        target = "\0" + target[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        try:
+            s.sendto(message.encode(), target)
+        except OSError:
+            pass
+
+
+def watch(engine: Engine, stop: threading.Event, log) -> None:
+    """Re-apply within a second when the rules in force differ from the plan."""
+    wait_for_change = getattr(engine.backend, "wait_for_change", None)
+    watchdog_s = int(os.environ.get("WATCHDOG_USEC", "0")) / 2e6
+    while not stop.is_set():
+        if wait_for_change is not None:
+            wait_for_change(EVENT_VERIFY_S if not watchdog_s else min(EVENT_VERIFY_S, watchdog_s))
+        else:
+            stop.wait(VERIFY_INTERVAL_S)
+        if stop.is_set():
+            return
+        try:
+            engine.reconcile()
+        except ApplyFailed:
+            pass  # already logged as apply_failed; try again on the next round
+        except Exception as exc:  # the watch must outlive any single failure
+            log.error("watch_failed", error=repr(exc))
+        if watchdog_s:
+            sd_notify("WATCHDOG=1")
+
+
+def run(config: Config) -> int:
+    log = configure(config.audit_log)
+    backend = backend_class(config.backend)(state_dir=config.state_dir)
+    engine = Engine(config, Store(config.state_dir), backend, log)
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    try:
+        engine.start()   # enforcement first: nothing is served before it holds
+    except ApplyFailed as exc:
+        log.error("start_degraded", error=str(exc))  # keep running: the watch retries
+    server = ControlServer(config.control_socket, engine, log)
+    threading.Thread(target=server.serve_forever, name="control", daemon=True).start()
+    threading.Thread(target=watch, args=(engine, stop, log), name="watch", daemon=True).start()
+    log.info("agent_started", pid=os.getpid(), backend=backend.name, sensor_type=config.sensor_type,
+             state=engine.state.state, mode=engine.state.mode)
+    sd_notify("READY=1")
+    while not stop.wait(3600):
+        pass
+    sd_notify("STOPPING=1")
+    server.close()
+    backend.close()    # handles only: isolation stays in force where the platform allows
+    log.info("agent_stopped", state=engine.state.state)
+    return 0

@@ -1,0 +1,113 @@
+"""Validators shared by the policy and the config: addresses, protocols, ports.
+
+Each returns a canonical value, so that a validated document round-trips unchanged.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator
+
+from agent.plan import PortRange
+
+Protocol = Literal["tcp", "udp", "icmp", "any"]
+
+_DOTTED_QUAD = re.compile(r"(0|[1-9][0-9]{0,2})(\.(0|[1-9][0-9]{0,2})){3}")
+_FORBIDDEN = [
+    (ipaddress.ip_network("0.0.0.0/8"), "is in 0.0.0.0/8 (\"this network\"), never a real peer"),
+    (ipaddress.ip_network("127.0.0.0/8"), "is loopback (always allowed; not an exception)"),
+    (ipaddress.ip_network("224.0.0.0/4"), "is multicast"),
+    (ipaddress.ip_network("240.0.0.0/4"), "is reserved (240.0.0.0/4, includes the broadcast address)"),
+]
+
+
+def parse_address(value: object, *, allow_cidr: bool = True) -> str:
+    """One IPv4 address or (if allowed) CIDR /8–/32 → canonical string ('203.0.113.5', '203.0.113.0/24')."""
+    if not isinstance(value, str):
+        raise ValueError("must be a string holding an IPv4 address" + (" or CIDR" if allow_cidr else ""))
+    if value != value.strip() or any(c.isspace() for c in value):
+        raise ValueError("must not contain whitespace")
+    if not value:
+        raise ValueError("must not be empty")
+    host, slash, prefix = value.partition("/")
+    if ":" in value:
+        raise ValueError("IPv6 is not supported in exceptions (IPv6 is always blocked while isolated)")
+    if not _DOTTED_QUAD.fullmatch(host):
+        if re.fullmatch(r"[0-9.]+", host):
+            raise ValueError(f"{host!r} is not a dotted-quad IPv4 address (four numbers 0-255, no leading zeros)")
+        raise ValueError(f"{value!r} is not an IPv4 address (host names are not accepted)")
+    if any(int(octet) > 255 for octet in host.split(".")):
+        raise ValueError(f"{host!r} has a number above 255")
+    if slash:
+        if not allow_cidr:
+            raise ValueError("must be a single address, not a CIDR")
+        if not re.fullmatch(r"[1-9][0-9]?|0", prefix):
+            raise ValueError(f"prefix {prefix!r} is not a number from 8 to 32")
+        bits = int(prefix)
+        if not 8 <= bits <= 32:
+            raise ValueError(f"prefix /{bits} is too wide: only /8 to /32 are allowed")
+        net = ipaddress.ip_network(f"{host}/{bits}", strict=False)
+        if net.network_address != ipaddress.ip_address(host):
+            raise ValueError(f"{value} has host bits set: did you mean {net} (the network) or {host} (one host)?")
+    else:
+        net = ipaddress.ip_network(host)
+    if net.network_address == ipaddress.ip_address("255.255.255.255"):
+        raise ValueError("is the broadcast address")
+    for bad, why in _FORBIDDEN:
+        if net.overlaps(bad):
+            raise ValueError(f"{value} {why}")
+    return str(net.network_address) if net.prefixlen == 32 else str(net)
+
+
+def parse_ports(value: object) -> str:
+    """'any', '22, 3389, 5000-5010' or a JSON list of ports/ranges → canonical 'any' or '22,3389,5000-5010'."""
+    if isinstance(value, str) and value.strip().lower() == "any":
+        return "any"
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",")]
+    elif isinstance(value, list):
+        if not value:
+            raise ValueError("must not be an empty list (use \"any\" for every port)")
+        parts = []
+        for item in value:
+            if isinstance(item, bool) or not isinstance(item, (int, str)):
+                raise ValueError(f"list items must be ports or ranges, not {item!r}")
+            if isinstance(item, str) and item.strip().lower() == "any":
+                raise ValueError("\"any\" cannot be mixed with ports")
+            parts.append(str(item).strip())
+    else:
+        raise ValueError("must be \"any\", a comma-separated list of ports and ranges, or a list of them")
+    ranges = sorted(_parse_range(p) for p in parts)
+    for prev, cur in zip(ranges, ranges[1:]):
+        if cur.first <= prev.last:
+            raise ValueError(f"ports {prev} and {cur} overlap")
+    return ",".join(map(str, ranges))
+
+
+def _parse_range(text: str) -> PortRange:
+    m = re.fullmatch(r"([0-9]{1,5})(?:-([0-9]{1,5}))?", text)
+    if not m:
+        raise ValueError(f"{text!r} is not a port (1-65535) or a range like 5000-5010")
+    first, last = int(m.group(1)), int(m.group(2) or m.group(1))
+    for port in (first, last):
+        if not 1 <= port <= 65535:
+            raise ValueError(f"port {port} is outside 1-65535")
+    if m.group(1).startswith("0") or (m.group(2) or "").startswith("0"):
+        raise ValueError(f"{text!r}: ports have no leading zeros")
+    if first > last:
+        raise ValueError(f"range {text!r} runs backwards")
+    return PortRange(first, last)
+
+
+def port_ranges(canonical: str) -> tuple[PortRange, ...]:
+    """Canonical ports string → ranges; () for any."""
+    if canonical == "any":
+        return ()
+    return tuple(_parse_range(p) for p in canonical.split(","))
+
+
+Address = Annotated[str, BeforeValidator(parse_address)]
+HostAddress = Annotated[str, BeforeValidator(lambda v: parse_address(v, allow_cidr=False))]
+Ports = Annotated[str, BeforeValidator(parse_ports)]
