@@ -11,6 +11,7 @@ import threading
 import time
 
 from agent import __version__
+from agent.connections import cut_by
 from agent.compile import compile_plan
 from agent.config import Config
 from agent.errors import ApplyFailed, FieldError, InvalidInput
@@ -71,6 +72,9 @@ class Engine:
             ms = self._enforce()
             self.log.info("isolated", mode=mode, reason=reason, **actor, previous_state=was.state,
                           enforced_version=self._enforced_version(), apply_ms=ms)
+            cut = cut_by(self.desired_plan())
+            if cut:
+                self.log.info("connections_cut", count=len(cut), connections=cut)
             return self.status()
 
     def release(self, reason: str | None, actor: dict) -> dict:
