@@ -1,0 +1,231 @@
+"""The pf anchor text, both ways. Pure: no pfctl, no I/O.
+
+`render(plan)` turns a Plan into the text loaded with `pfctl -a com.apple/cordon -f -`.
+`read_rules(listing, tables)` turns what `pfctl -a com.apple/cordon -sr` prints (pfctl's
+normalised form: port lists expanded into one rule each, `port = https`, defaults such
+as `flags S/SA keep state` spelled out) plus the table contents back into plan atoms,
+so the backend can tell what is really in force.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from dataclasses import dataclass, field
+from itertools import groupby
+
+from agent.plan import DHCP_CLIENT_PORT, DHCP_SERVER_PORT, Flow, Plan, PortRange, atoms_digest
+
+ANCHOR = "com.apple/cordon"
+TABLE_PREFIX = "cordon_"
+_PROTO_ORDER = {"tcp": 0, "udp": 1, "icmp": 2, "any": 3}
+_DIR_ORDER = {"out": 0, "in": 1}
+
+LOOPBACK_RULE = "pass quick on lo0 all no state"
+DHCP_RULES = (
+    f"pass out quick inet proto udp from any port {DHCP_CLIENT_PORT} to any port {DHCP_SERVER_PORT} keep state",
+    f"pass in quick inet proto udp from any port {DHCP_SERVER_PORT} to any port {DHCP_CLIENT_PORT} keep state",
+)
+BLOCK_RULE = "block drop quick all"
+
+
+# ---------------------------------------------------------------- rendering
+
+@dataclass(frozen=True)
+class Group:
+    """Flows that share direction, protocol and ports: one table, one rule."""
+
+    direction: str
+    protocol: str
+    ports: tuple[PortRange, ...]
+    table: str
+    networks: tuple[str, ...]
+    names: tuple[str, ...]
+
+
+def group_flows(flows) -> list[Group]:
+    def key(f: Flow):
+        return (_DIR_ORDER[f.direction], _PROTO_ORDER[f.protocol], tuple(sorted(set(f.ports))))
+
+    groups = []
+    for n, (k, members) in enumerate(groupby(sorted(flows, key=key), key=key), start=1):
+        members = list(members)
+        direction, protocol = members[0].direction, members[0].protocol
+        nets = sorted({f.ip_network for f in members})
+        names = sorted({f"{f.origin}: {_comment(f.name)}" if f.name else f.origin for f in members})
+        groups.append(Group(direction, protocol, k[2], f"{TABLE_PREFIX}{direction}_{protocol}_{n}",
+                            tuple(_host(n) for n in nets), tuple(names)))
+    return groups
+
+
+def render(plan: Plan | None) -> str:
+    """The anchor text for `plan`; for None (state `normal`) the anchor is empty."""
+    if plan is None:
+        return f"# cordon: normal; anchor {ANCHOR} is empty (flushed with pfctl -a {ANCHOR} -F all)\n"
+    groups = group_flows(plan.flows)
+    out = [f"# cordon: isolated, mode {plan.mode}, policy version {plan.policy_version}, digest {plan.digest()}"]
+    out += [f"table <{g.table}> const {{ {', '.join(g.networks)} }}" for g in groups]
+    out.append(LOOPBACK_RULE)
+    if plan.dhcp:
+        out += DHCP_RULES
+    for g in groups:
+        out.append(f"# {'; '.join(g.names)}")
+        out.append(rule_for(g))
+    out.append(BLOCK_RULE)
+    return "\n".join(out) + "\n"
+
+
+def rule_for(g: Group) -> str:
+    proto = "" if g.protocol == "any" else f" proto {g.protocol}"
+    ports = port_clause(g.ports)
+    if g.direction == "out":
+        hosts = f"from any to <{g.table}>{ports}"
+    else:
+        hosts = f"from <{g.table}> to any{ports}"
+    # Only a SYN may create state for TCP, so an allowed rule never adopts a
+    # connection that was open before isolation (that one is killed instead).
+    state = "keep state" if g.protocol in ("udp", "icmp") else "flags S/SA keep state"
+    return f"pass {g.direction} quick inet{proto} {hosts} {state}"
+
+
+def port_clause(ports: tuple[PortRange, ...]) -> str:
+    if not ports:
+        return ""
+    items = [str(p.first) if p.first == p.last else f"{p.first}:{p.last}" for p in ports]
+    return f" port {items[0]}" if len(items) == 1 else f" port {{ {', '.join(items)} }}"
+
+
+def _host(net: ipaddress.IPv4Network) -> str:
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+
+
+def _comment(text: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+# ---------------------------------------------------------------- reading back
+
+# Services pfctl prints by name (`port = https`): pfctl looks them up in the
+# Mac's /etc/services; these are the fallbacks when this machine lacks one.
+_SERVICE_FALLBACK = {"domain": 53, "bootps": 67, "bootpc": 68, "http": 80, "https": 443,
+                     "ssh": 22, "ms-wbt-server": 3389, "telnet": 23, "ntp": 123}
+
+_PORT = r"(?:= \S+|\d+:\d+)"
+_RULE = re.compile(
+    r"^pass (?P<dir>in|out) quick inet(?: proto (?P<proto>tcp|udp|icmp))?"
+    rf" from (?P<src>\S+)(?: port (?P<sport>{_PORT}))?"
+    rf" to (?P<dst>\S+)(?: port (?P<dport>{_PORT}))?"
+    r"(?P<state>(?: flags S/SA)? keep state)$")
+
+
+@dataclass
+class ReadResult:
+    atoms: set = field(default_factory=set)
+    dhcp: bool = False
+    loopback: bool = False
+    block_last: bool = False
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return self.loopback and self.block_last and not self.problems
+
+    def digest(self) -> str | None:
+        return atoms_digest(self.dhcp, self.atoms) if self.complete else None
+
+
+def read_rules(listing: str, tables: dict[str, list[str]]) -> ReadResult:
+    """Rebuild atoms from pfctl's normalised rule listing; anything Cordon does not
+    render is a problem (the digest is then None: not what we installed)."""
+    res = ReadResult()
+    lines = [ln.strip() for ln in listing.splitlines() if ln.strip()]
+    dhcp_seen = set()
+    for i, line in enumerate(lines):
+        if line == LOOPBACK_RULE:
+            res.loopback = True
+        elif line == BLOCK_RULE:
+            res.block_last = i == len(lines) - 1
+            if not res.block_last:
+                res.problems.append(f"rule after the final block: {lines[i + 1]!r}")
+        elif _dhcp_direction(line):
+            dhcp_seen.add(_dhcp_direction(line))
+        else:
+            _read_pass(line, tables, res)
+    res.dhcp = dhcp_seen == {"in", "out"}
+    if dhcp_seen and not res.dhcp:
+        res.problems.append("only half of the DHCP rules present")
+    return res
+
+
+def _dhcp_direction(line: str) -> str | None:
+    """'out'/'in' when `line` is one of the two DHCP rules as pfctl prints them."""
+    m = _RULE.match(line)
+    if not (m and m["proto"] == "udp" and m["src"] == m["dst"] == "any" and m["sport"] and m["dport"]
+            and m["state"] == " keep state"):
+        return None
+    try:
+        ports = (_range(m["sport"], "udp"), _range(m["dport"], "udp"))
+    except ValueError:
+        return None
+    client, server = (DHCP_CLIENT_PORT,) * 2, (DHCP_SERVER_PORT,) * 2
+    if m["dir"] == "out" and ports == (client, server):
+        return "out"
+    if m["dir"] == "in" and ports == (server, client):
+        return "in"
+    return None
+
+
+def _read_pass(line: str, tables: dict[str, list[str]], res: ReadResult) -> None:
+    m = _RULE.match(line)
+    if not m or m["sport"]:
+        res.problems.append(f"unexpected rule: {line!r}")
+        return
+    direction, proto = m["dir"], m["proto"] or "any"
+    peer, local = (m["dst"], m["src"]) if direction == "out" else (m["src"], m["dst"])
+    if local != "any" or not (peer.startswith("<") and peer.endswith(">")):
+        res.problems.append(f"unexpected addresses: {line!r}")
+        return
+    want_state = " keep state" if proto in ("udp", "icmp") else " flags S/SA keep state"
+    if m["state"] != want_state:
+        res.problems.append(f"unexpected state options: {line!r}")
+        return
+    name = peer[1:-1]
+    if name not in tables:
+        res.problems.append(f"table <{name}> missing")
+        return
+    try:
+        first, last = _range(m["dport"], proto) if m["dport"] else (0, 0)
+    except ValueError as exc:
+        res.problems.append(f"{exc}: {line!r}")
+        return
+    for addr in tables[name]:
+        try:
+            net = ipaddress.ip_network(addr, strict=True)
+        except ValueError:
+            res.problems.append(f"unexpected entry {addr!r} in table <{name}>")
+            continue
+        res.atoms.add((direction, proto, str(net), first, last))
+
+
+def _range(text: str, proto: str) -> tuple[int, int]:
+    if text.startswith("= "):
+        p = _port(text[2:], proto)
+        return p, p
+    a, b = text.split(":")
+    return int(a), int(b)
+
+
+def _port(text: str, proto: str) -> int:
+    if text.isdigit():
+        return int(text)
+    try:
+        return socket.getservbyname(text, proto)
+    except OSError:
+        if text in _SERVICE_FALLBACK:
+            return _SERVICE_FALLBACK[text]
+        raise ValueError(f"unknown service name {text!r}") from None
+
+
+def parse_table_show(text: str) -> list[str]:
+    """`pfctl -t NAME -T show` prints one address or network per line, indented."""
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
