@@ -1,0 +1,225 @@
+"""Pure rendering of a Plan into the Cordon nftables ruleset: sets, chains, rules, nft text.
+
+Shape (the same for every plan; only set elements and the DHCP rules change):
+
+  table inet cordon
+    set out_l4 / in_l4   ipv4_addr . inet_proto . inet_service   tcp/udp flows
+    set out_l3 / in_l3   ipv4_addr . inet_proto                   icmp (1) and any (0-255)
+    chain input / output / forward   filter hooks, priority 0 (after conntrack), policy drop
+
+An original-direction packet must match the set of its direction with its own header;
+a reply-direction packet must match the set of the flow's original direction with the
+conntrack *original* tuple. So a peer allowed only outbound can never open a connection
+in (its SYN is original-direction and it is not in in_*), whatever source port it uses,
+and connections that were open before isolation die unless their tuple is in a set.
+
+ICMP errors (ct state related) pass when the connection they refer to is an allowed
+tcp/udp flow, so that path-MTU discovery keeps the vendor connection alive. Errors about
+icmp/any flows travel in the reply direction and are covered by the reply rules.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from agent.plan import DHCP_CLIENT_PORT, DHCP_SERVER_PORT, Plan
+from platforms.nft_boxes import disjoint
+
+TABLE = "cordon"
+PROTO_NUM = {"icmp": 1, "tcp": 6, "udp": 17}
+PROTO_NAME = {v: k for k, v in PROTO_NUM.items()}
+L4_FIELDS = ("ipv4_addr", "inet_proto", "inet_service")
+L3_FIELDS = ("ipv4_addr", "inet_proto")
+SET_FIELDS = {"out_l4": L4_FIELDS, "out_l3": L3_FIELDS, "in_l4": L4_FIELDS, "in_l3": L3_FIELDS}
+CHAIN_HOOKS = {"input": "input", "output": "output", "forward": "forward"}
+
+# A set element: one inclusive (first, last) range per field of the set's key.
+Element = tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Matches (all must hold) and a verdict. Match items:
+    ("meta", "iif"|"oif"|"nfproto"|"l4proto", value), ("udp_ports", sport, dport),
+    ("ct_direction", 0|1), ("ct_related",), ("lookup", (key, ...), set_name)."""
+
+    matches: tuple
+    verdict: str  # "accept" | "drop"
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    dhcp: bool
+    elements: dict  # set name -> tuple[Element, ...], sorted, pairwise disjoint
+
+    def chains(self) -> dict[str, tuple[Rule, ...]]:
+        return chain_rules(self.dhcp)
+
+
+def build(plan: Plan) -> Ruleset:
+    boxes: dict[str, list] = {name: [] for name in SET_FIELDS}
+    for direction, proto, network, first, last in plan.atoms():
+        net = ipaddress.IPv4Network(network)
+        a = (int(net.network_address), int(net.broadcast_address))
+        if proto in ("tcp", "udp"):
+            ports = (first, last) if first else (0, 65535)
+            boxes[f"{direction}_l4"].append((PROTO_NUM[proto], a, ports))
+        else:
+            protos = (1, 1) if proto == "icmp" else (0, 255)
+            boxes[f"{direction}_l3"].append((0, a, protos))
+    elements = {}
+    for name, items in boxes.items():
+        out = []
+        # l4: one proto per box, made disjoint per proto on (address, port);
+        # l3: made disjoint on (address, proto range).
+        for proto in sorted({p for p, _, _ in items}):
+            flat = [(a[0], a[1], b[0], b[1]) for p, a, b in items if p == proto]
+            for a0, a1, b0, b1 in disjoint(flat):
+                if name.endswith("_l4"):
+                    out.append(((a0, a1), (proto, proto), (b0, b1)))
+                else:
+                    out.append(((a0, a1), (b0, b1)))
+        elements[name] = tuple(sorted(out))
+    return Ruleset(plan.dhcp, elements)
+
+
+def chain_rules(dhcp: bool) -> dict[str, tuple[Rule, ...]]:
+    return {
+        "input": _host_chain("iif", dhcp, ("ip saddr", "in"), ("ct original ip daddr", "out"),
+                             (DHCP_SERVER_PORT, DHCP_CLIENT_PORT)),
+        "output": _host_chain("oif", dhcp, ("ip daddr", "out"), ("ct original ip saddr", "in"),
+                              (DHCP_CLIENT_PORT, DHCP_SERVER_PORT)),
+        "forward": (),
+    }
+
+
+def _host_chain(lo_key, dhcp, orig, reply, dhcp_ports) -> tuple[Rule, ...]:
+    orig_addr, orig_dir = orig
+    reply_addr, reply_dir = reply
+    rules = [Rule((("meta", lo_key, 1),), "accept"),  # lo is ifindex 1 in every netns
+             Rule((("meta", "nfproto", 10),), "drop")]  # all IPv6
+    if dhcp:
+        rules.append(Rule((("udp_ports",) + dhcp_ports,), "accept"))
+    rules += [
+        Rule((("ct_direction", 0),
+              ("lookup", (orig_addr, "meta l4proto", "th dport"), f"{orig_dir}_l4")), "accept"),
+        Rule((("ct_direction", 0),
+              ("lookup", (orig_addr, "meta l4proto"), f"{orig_dir}_l3")), "accept"),
+    ]
+    l4_reply = (reply_addr, "ct original protocol", "ct original proto-dst")
+    # The packet's protocol is matched only so that nft can type proto-dst; the reply
+    # of a tcp/udp flow always has the flow's protocol.
+    for proto in (6, 17):
+        rules.append(Rule((("ct_direction", 1), ("meta", "l4proto", proto),
+                           ("lookup", l4_reply, f"{reply_dir}_l4")), "accept"))
+    rules.append(Rule((("ct_direction", 1),
+                       ("lookup", (reply_addr, "ct original protocol"), f"{reply_dir}_l3")),
+                      "accept"))
+    for addr, d in (("ct original ip daddr", "out"), ("ct original ip saddr", "in")):
+        rules.append(Rule((("ct_related",), ("meta", "l4proto", 1),
+                           ("lookup", (addr, "ct original protocol", "ct original proto-dst"),
+                            f"{d}_l4")), "accept"))
+    return tuple(rules)
+
+
+# --- read-back: set elements -> plan atoms -------------------------------------------
+
+def atoms_from_elements(elements: dict) -> frozenset:
+    """Rebuild plan atoms from set elements. Anything the renderer never produces is
+    kept as an atom with a protocol named `unknown:...`, so it cannot digest equal."""
+    atoms = set()
+    for name, items in elements.items():
+        direction, kind = name.split("_")
+        for el in items:
+            (a0, a1), (p0, p1) = el[0], el[1]
+            nets = ipaddress.summarize_address_range(ipaddress.IPv4Address(a0),
+                                                     ipaddress.IPv4Address(a1))
+            if kind == "l4":
+                b0, b1 = el[2]
+                proto = PROTO_NAME.get(p0) if p0 == p1 and p0 in (6, 17) else None
+                ports = (0, 0) if (b0, b1) == (0, 65535) else (b0, b1)
+                if proto is None or ports[0] == 0 and ports != (0, 0):
+                    proto, ports = f"unknown:{p0}-{p1}:{b0}-{b1}", (0, 0)
+            else:
+                proto = {(1, 1): "icmp", (0, 255): "any"}.get((p0, p1), f"unknown:{p0}-{p1}")
+                ports = (0, 0)
+            for net in nets:
+                atoms.add((direction, proto, str(net), ports[0], ports[1]))
+    return frozenset(atoms)
+
+
+def canonical_elements(plan: Plan) -> dict:
+    return build(plan).elements
+
+
+# --- nft text -------------------------------------------------------------------------
+
+_KEY_TEXT = {"ip saddr", "ip daddr", "meta l4proto", "th dport", "ct original ip saddr",
+             "ct original ip daddr", "ct original protocol", "ct original proto-dst"}
+
+
+def render_text(rs: Ruleset) -> str:
+    lines = [
+        "# Cordon isolation ruleset. Load with `nft -f FILE` (replaces an unowned cordon table).",
+        "# The agent installs this same table through netlink in one batch and adds table",
+        "# flags owner,persist there, which a short-lived `nft` process cannot hold.",
+        f"table inet {TABLE}",
+        f"delete table inet {TABLE}",
+        f"table inet {TABLE} {{",
+    ]
+    for name, fields in SET_FIELDS.items():
+        lines += [f"\tset {name} {{", f"\t\ttype {' . '.join(fields)}", "\t\tflags interval"]
+        items = rs.elements.get(name, ())
+        if items:
+            body = ",\n\t\t\t".join(_element_text(el) for el in items)
+            lines.append(f"\t\telements = {{ {body} }}")
+        lines.append("\t}")
+    for chain, rules in rs.chains().items():
+        lines += [f"\tchain {chain} {{",
+                  f"\t\ttype filter hook {CHAIN_HOOKS[chain]} priority filter; policy drop;"]
+        lines += [f"\t\t{rule_text(r)}" for r in rules]
+        lines.append("\t}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def rule_text(rule: Rule) -> str:
+    parts = []
+    for m in rule.matches:
+        kind = m[0]
+        if kind == "meta":
+            key, value = m[1], m[2]
+            if key in ("iif", "oif"):
+                parts.append(f'{key} "lo"' if value == 1 else f"{key} {value}")
+            elif key == "nfproto":
+                parts.append({10: "meta nfproto ipv6", 2: "meta nfproto ipv4"}[value])
+            else:
+                parts.append(f"meta l4proto {PROTO_NAME.get(value, value)}")
+        elif kind == "udp_ports":
+            parts.append(f"udp sport {m[1]} udp dport {m[2]}")
+        elif kind == "ct_direction":
+            parts.append("ct direction " + ("original", "reply")[m[1]])
+        elif kind == "ct_related":
+            parts.append("ct state related")
+        elif kind == "lookup":
+            assert all(k in _KEY_TEXT for k in m[1])
+            parts.append(f"{' . '.join(m[1])} @{m[2]}")
+        else:
+            raise ValueError(f"unknown match {m!r}")
+    parts.append(rule.verdict)
+    return " ".join(parts)
+
+
+def _element_text(el: Element) -> str:
+    out = [_addr_text(*el[0])]
+    for first, last in el[1:]:
+        out.append(str(first) if first == last else f"{first}-{last}")
+    return " . ".join(out)
+
+
+def _addr_text(first: int, last: int) -> str:
+    a, b = ipaddress.IPv4Address(first), ipaddress.IPv4Address(last)
+    if first == last:
+        return str(a)
+    nets = list(ipaddress.summarize_address_range(a, b))
+    return str(nets[0]) if len(nets) == 1 else f"{a}-{b}"

@@ -1,0 +1,297 @@
+"""nf_tables netlink wire format: attribute encoding/decoding and Cordon's messages.
+
+Encoded by hand (a few struct.pack calls) because one isolation change is one batch of
+thousands of set elements, and it must be built in milliseconds. Constants are from the
+kernel uapi (include/uapi/linux/netfilter/nf_tables.h, nfnetlink.h).
+"""
+from __future__ import annotations
+
+import socket
+import struct
+
+from platforms.nft_render import SET_FIELDS, TABLE, Rule
+
+NFNL_SUBSYS_NFTABLES = 10
+NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
+NFPROTO_INET = 1
+NFNLGRP_NFTABLES = 7
+
+MSG = {"NEWTABLE": 0, "GETTABLE": 1, "DELTABLE": 2, "NEWCHAIN": 3, "GETCHAIN": 4,
+       "NEWRULE": 6, "GETRULE": 7, "DELRULE": 8, "NEWSET": 9, "GETSET": 10,
+       "NEWSETELEM": 12, "GETSETELEM": 13, "DELSETELEM": 14, "NEWGEN": 15}
+MSG_NAME = {v: k for k, v in MSG.items()}
+
+NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
+NLM_F_ROOT, NLM_F_MATCH = 0x100, 0x200
+NLM_F_DUMP = NLM_F_ROOT | NLM_F_MATCH
+NLM_F_CREATE, NLM_F_EXCL, NLM_F_APPEND = 0x400, 0x200, 0x800
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLA_F_NESTED = 0x8000
+
+TABLE_F_OWNER, TABLE_F_PERSIST = 0x2, 0x4
+NFTA_TABLE_NAME, NFTA_TABLE_FLAGS, NFTA_TABLE_OWNER = 1, 2, 7
+NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK, NFTA_CHAIN_POLICY, NFTA_CHAIN_TYPE = 1, 3, 4, 5, 7
+NFTA_HOOK_HOOKNUM, NFTA_HOOK_PRIORITY = 1, 2
+NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS = 1, 2, 4
+NFTA_SET_TABLE, NFTA_SET_NAME, NFTA_SET_FLAGS, NFTA_SET_KEY_TYPE, NFTA_SET_KEY_LEN = 1, 2, 3, 4, 5
+NFTA_SET_DESC, NFTA_SET_ID = 9, 10
+NFTA_SET_DESC_CONCAT, NFTA_SET_FIELD_LEN = 2, 1
+SET_F_INTERVAL, SET_F_CONCAT = 0x4, 0x80
+NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
+NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_KEY_END = 1, 10
+NFTA_DATA_VALUE, NFTA_DATA_VERDICT, NFTA_VERDICT_CODE = 1, 2, 1
+NFTA_LIST_ELEM, NFTA_EXPR_NAME, NFTA_EXPR_DATA = 1, 1, 2
+
+HOOKS = {"input": 1, "forward": 2, "output": 3}
+NF_DROP, NF_ACCEPT = 0, 1
+# nft datatype ids, combined for concatenations as (t1 << 6 | t2) << 6 | t3 ...
+DTYPE = {"ipv4_addr": 7, "inet_proto": 12, "inet_service": 13}
+FIELD_LEN = {"ipv4_addr": 4, "inet_proto": 1, "inet_service": 2}
+SET_IDS = {name: i + 1 for i, name in enumerate(SET_FIELDS)}
+ELEMENTS_PER_MSG = 1000  # a nested attribute is at most 64 KiB
+
+
+# --- attributes ----------------------------------------------------------------------
+
+def attr(kind: int, payload: bytes, nested: bool = False) -> bytes:
+    head = struct.pack("=HH", 4 + len(payload), kind | (NLA_F_NESTED if nested else 0))
+    return head + payload + b"\0" * (-len(payload) % 4)
+
+
+def nest(kind: int, *parts: bytes) -> bytes:
+    return attr(kind, b"".join(parts), nested=True)
+
+
+def u32(kind: int, value: int) -> bytes:
+    return attr(kind, struct.pack(">I", value & 0xFFFFFFFF))
+
+
+def s(kind: int, text: str) -> bytes:
+    return attr(kind, text.encode() + b"\0")
+
+
+def parse_attrs(data: bytes) -> list[tuple[int, bytes]]:
+    out, off = [], 0
+    while off + 4 <= len(data):
+        length, kind = struct.unpack_from("=HH", data, off)
+        if length < 4:
+            break
+        out.append((kind & 0x3FFF, data[off + 4:off + length]))
+        off += (length + 3) & ~3
+    return out
+
+
+def attr_map(data: bytes) -> dict[int, bytes]:
+    return dict(parse_attrs(data))
+
+
+def be32(data: bytes) -> int:
+    return struct.unpack(">I", data[:4])[0]
+
+
+def cstr(data: bytes) -> str:
+    return data.split(b"\0", 1)[0].decode()
+
+
+# --- messages ------------------------------------------------------------------------
+
+def message(msg_type: int, flags: int, seq: int, body: bytes, family: int = NFPROTO_INET,
+            subsys: bool = True, res_id: int = 0) -> bytes:
+    kind = (NFNL_SUBSYS_NFTABLES << 8 | msg_type) if subsys else msg_type
+    payload = struct.pack("=BBH", family, 0, socket.htons(res_id)) + body
+    return struct.pack("=IHHII", 16 + len(payload), kind, flags, seq, 0) + payload
+
+
+def batch_marker(msg_type: int, seq: int) -> bytes:
+    return message(msg_type, NLM_F_REQUEST, seq, b"", family=0, subsys=False,
+                   res_id=NFNL_SUBSYS_NFTABLES)
+
+
+def table_body(flags: int | None = None) -> bytes:
+    body = s(NFTA_TABLE_NAME, TABLE)
+    return body + (u32(NFTA_TABLE_FLAGS, flags) if flags is not None else b"")
+
+
+def chain_body(name: str) -> bytes:
+    hook = nest(NFTA_CHAIN_HOOK, u32(NFTA_HOOK_HOOKNUM, HOOKS[name]), u32(NFTA_HOOK_PRIORITY, 0))
+    return (s(NFTA_CHAIN_TABLE, TABLE) + s(NFTA_CHAIN_NAME, name) + hook
+            + u32(NFTA_CHAIN_POLICY, NF_DROP) + s(NFTA_CHAIN_TYPE, "filter"))
+
+
+def set_body(name: str) -> bytes:
+    fields = SET_FIELDS[name]
+    key_type = 0
+    for f in fields:
+        key_type = key_type << 6 | DTYPE[f]
+    concat = b"".join(nest(NFTA_LIST_ELEM, u32(NFTA_SET_FIELD_LEN, FIELD_LEN[f])) for f in fields)
+    return (s(NFTA_SET_TABLE, TABLE) + s(NFTA_SET_NAME, name)
+            + u32(NFTA_SET_FLAGS, SET_F_INTERVAL | SET_F_CONCAT)
+            + u32(NFTA_SET_KEY_TYPE, key_type) + u32(NFTA_SET_KEY_LEN, 4 * len(fields))
+            + u32(NFTA_SET_ID, SET_IDS[name])
+            + nest(NFTA_SET_DESC, nest(NFTA_SET_DESC_CONCAT, concat)))
+
+
+def pack_key(fields, values) -> bytes:
+    """One concatenation key; every field takes a whole 32-bit register."""
+    out = b""
+    for f, v in zip(fields, values):
+        if f == "ipv4_addr":
+            out += struct.pack(">I", v)
+        elif f == "inet_service":
+            out += struct.pack(">H", v) + b"\0\0"
+        else:
+            out += struct.pack("B", v) + b"\0\0\0"
+    return out
+
+
+def unpack_key(fields, data: bytes) -> tuple[int, ...]:
+    vals = []
+    for i, f in enumerate(fields):
+        chunk = data[4 * i:4 * i + 4]
+        vals.append(struct.unpack(">I", chunk)[0] if f == "ipv4_addr"
+                    else struct.unpack(">H", chunk[:2])[0] if f == "inet_service" else chunk[0])
+    return tuple(vals)
+
+
+def setelem_bodies(name: str, elements) -> list[bytes]:
+    fields = SET_FIELDS[name]
+    head = s(NFTA_SET_ELEM_LIST_TABLE, TABLE) + s(NFTA_SET_ELEM_LIST_SET, name)
+    encoded = []
+    for el in elements:
+        start = pack_key(fields, [r[0] for r in el])
+        end = pack_key(fields, [r[1] for r in el])
+        encoded.append(nest(NFTA_LIST_ELEM,
+                            nest(NFTA_SET_ELEM_KEY, attr(NFTA_DATA_VALUE, start)),
+                            nest(NFTA_SET_ELEM_KEY_END, attr(NFTA_DATA_VALUE, end))))
+    return [head + nest(NFTA_SET_ELEM_LIST_ELEMENTS, *encoded[i:i + ELEMENTS_PER_MSG])
+            for i in range(0, len(encoded), ELEMENTS_PER_MSG)]
+
+
+def flush_set_body(name: str) -> bytes:
+    return s(NFTA_SET_ELEM_LIST_TABLE, TABLE) + s(NFTA_SET_ELEM_LIST_SET, name)
+
+
+def flush_chain_body(chain: str) -> bytes:
+    return s(NFTA_RULE_TABLE, TABLE) + s(NFTA_RULE_CHAIN, chain)
+
+
+def rule_body(chain: str, rule: Rule) -> bytes:
+    exprs = b"".join(nest(NFTA_LIST_ELEM, s(NFTA_EXPR_NAME, name),
+                          nest(NFTA_EXPR_DATA, *data)) for name, data in rule_exprs(rule))
+    return (s(NFTA_RULE_TABLE, TABLE) + s(NFTA_RULE_CHAIN, chain)
+            + nest(NFTA_RULE_EXPRESSIONS, exprs))
+
+
+# --- rule expressions (the same bytecode `nft -f` generates for render_text) ------------
+
+REG_VERDICT, REG_1, REG32_00 = 0, 1, 8
+META_KEY = {"iif": 4, "oif": 5, "nfproto": 15, "l4proto": 16}
+META_LEN = {"iif": 4, "oif": 4, "nfproto": 1, "l4proto": 1}
+CT_KEY = {"state": 0, "direction": 1, "protocol": 10, "proto_dst": 12, "src_ip": 19, "dst_ip": 20}
+
+
+def _meta(key: str, reg: int):
+    return ("meta", [u32(1, reg), u32(2, META_KEY[key])])  # NFTA_META_DREG, NFTA_META_KEY
+
+
+def _cmp(reg: int, value: bytes, op: int = 0):
+    return ("cmp", [u32(1, reg), u32(2, op), nest(3, attr(NFTA_DATA_VALUE, value))])
+
+
+def _payload(base: int, offset: int, length: int, reg: int):
+    return ("payload", [u32(1, reg), u32(2, base), u32(3, offset), u32(4, length)])
+
+
+def _ct(key: str, reg: int, direction: int | None = None):
+    data = [u32(1, reg), u32(2, CT_KEY[key])]
+    if direction is not None:
+        data.append(attr(3, bytes([direction])))  # NFTA_CT_DIRECTION, u8
+    return ("ct", data)
+
+
+def _key_exprs(key: str, reg: int, first: bool) -> list:
+    if key in ("ip saddr", "ip daddr"):
+        return [_meta("nfproto", REG_1), _cmp(REG_1, b"\x02"),
+                _payload(1, 12 if key == "ip saddr" else 16, 4, reg)]
+    if key == "meta l4proto":
+        out = [_meta("l4proto", reg)]
+        if not first:  # nft converts the 1-byte proto for a concatenation register
+            out.append(("byteorder", [u32(1, reg), u32(2, reg), u32(3, 1), u32(4, 1), u32(5, 2)]))
+        return out
+    if key == "th dport":
+        return [_payload(2, 2, 2, reg)]
+    ct = {"ct original ip saddr": "src_ip", "ct original ip daddr": "dst_ip",
+          "ct original protocol": "protocol", "ct original proto-dst": "proto_dst"}[key]
+    return [_ct(ct, reg, 0)]
+
+
+def rule_exprs(rule: Rule) -> list:
+    out = []
+    for m in rule.matches:
+        kind = m[0]
+        if kind == "meta":
+            value = m[2]
+            raw = struct.pack("=I", value) if META_LEN[m[1]] == 4 else bytes([value])
+            out += [_meta(m[1], REG_1), _cmp(REG_1, raw)]
+        elif kind == "udp_ports":
+            out += [_meta("l4proto", REG_1), _cmp(REG_1, b"\x11"),
+                    _payload(2, 0, 4, REG_1), _cmp(REG_1, struct.pack(">HH", m[1], m[2]))]
+        elif kind == "ct_direction":
+            out += [_ct("direction", REG_1), _cmp(REG_1, bytes([m[1]]))]
+        elif kind == "ct_related":
+            out += [_ct("state", REG_1),
+                    ("bitwise", [u32(1, REG_1), u32(2, REG_1), u32(3, 4),
+                                 nest(4, attr(NFTA_DATA_VALUE, struct.pack("=I", 4))),
+                                 nest(5, attr(NFTA_DATA_VALUE, b"\0\0\0\0")),
+                                 u32(6, 0)]),  # NFT_BITWISE_BOOL, as dumped
+                    _cmp(REG_1, b"\0\0\0\0", op=1)]
+        elif kind == "lookup":
+            keys, set_name = m[1], m[2]
+            for i, key in enumerate(keys):
+                out += _key_exprs(key, REG_1 if i == 0 else REG32_00 + i, i == 0)
+            out.append(("lookup", [s(1, set_name), u32(2, REG_1), u32(5, 0)]))  # flags 0: as dumped
+        else:
+            raise ValueError(f"unknown match {m!r}")
+    code = NF_ACCEPT if rule.verdict == "accept" else NF_DROP
+    out.append(("immediate", [u32(1, REG_VERDICT),
+                              nest(2, nest(NFTA_DATA_VERDICT, u32(NFTA_VERDICT_CODE, code)))]))
+    return out
+
+
+def expr_signature(exprs_attr: bytes) -> tuple:
+    """A comparable form of a rule's expression list, as the kernel dumps it."""
+    sig = []
+    for _, elem in parse_attrs(exprs_attr):
+        a = attr_map(elem)
+        name = cstr(a.get(NFTA_EXPR_NAME, b""))
+        sig.append((name, _flatten(name, a.get(NFTA_EXPR_DATA, b""))))
+    return tuple(sig)
+
+
+# (expression, attribute) pairs that hold nested nft_data; NFTA_DATA_VERDICT nests again.
+_NESTED = {("cmp", 3), ("bitwise", 4), ("bitwise", 5), ("immediate", 2)}
+
+
+def _flatten(name: str, data: bytes) -> tuple:
+    out = []
+    for kind, value in parse_attrs(data):
+        if (name, kind) not in _NESTED:
+            out.append(((kind,), value))
+            continue
+        for dkind, dvalue in parse_attrs(value):
+            if dkind == NFTA_DATA_VERDICT:
+                out += [((kind, dkind, k), v) for k, v in parse_attrs(dvalue)]
+            else:
+                out.append(((kind, dkind), dvalue))
+    return tuple(sorted(out))
+
+
+def expected_signature(rule: Rule) -> tuple:
+    """The signature the kernel will dump for `rule`. It keeps no direction for
+    `ct protocol` (the same in both directions), although nft sends one."""
+    exprs = []
+    for name, data in rule_exprs(rule):
+        if name == "ct" and data[1] == u32(2, CT_KEY["protocol"]):
+            data = data[:2]
+        exprs.append(nest(NFTA_LIST_ELEM, s(NFTA_EXPR_NAME, name), nest(NFTA_EXPR_DATA, *data)))
+    return expr_signature(b"".join(exprs))

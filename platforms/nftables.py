@@ -1,0 +1,231 @@
+"""Linux backend: one nftables table `inet cordon`, applied through netlink in one batch.
+
+The table carries flags owner|persist where the kernel has them: while this backend's
+netlink socket is open no other process can delete or flush it, and when the process
+dies the table stays (fail closed). A restarted agent adopts an orphaned table by
+setting the owner flag again in the batch that re-applies its plan.
+"""
+from __future__ import annotations
+
+import errno
+import struct
+
+from agent.plan import Plan, atoms_digest
+from platforms.base import Backend, BackendError, Capabilities, ReadBack
+from platforms import nft_wire as w
+from platforms.nft_netlink import NetlinkFailure, NftSocket
+from platforms.nft_render import (SET_FIELDS, TABLE, atoms_from_elements, build, chain_rules,
+                                  render_text)
+
+WANTED_FLAGS = w.TABLE_F_OWNER | w.TABLE_F_PERSIST
+FLAG_NAMES = {1: "dormant", w.TABLE_F_OWNER: "owner", w.TABLE_F_PERSIST: "persist"}
+
+
+class NftablesBackend(Backend):
+    name = "nftables"
+
+    def __init__(self, state_dir: str | None = None, netns: str | None = None) -> None:
+        """`netns`: name of a network namespace (as in `ip netns`) to work in instead of
+        the caller's own; the netlink socket is opened there once and kept."""
+        super().__init__(state_dir)
+        self.netns = netns
+        self._sock: NftSocket | None = None
+        self._events: NftSocket | None = None
+        self._plan: Plan | None = None
+        self._table_flags = WANTED_FLAGS  # lowered to 0 if the kernel lacks persist
+
+    @classmethod
+    def capabilities(cls) -> Capabilities:
+        return Capabilities(
+            survives_agent_exit=True, blocks_tamper_while_alive=True, atomic_apply=True,
+            cuts_open_connections=True,
+            notes="table flags owner|persist (kernel >= 6.9); without persist the table has "
+                  "no owner and tamper is only detected (read_back / wait_for_change)")
+
+    # --- interface ---------------------------------------------------------------------
+
+    def render(self, plan: Plan) -> str:
+        return render_text(build(plan))
+
+    def apply(self, plan: Plan) -> None:
+        ruleset = build(plan)
+        sock = self._socket()
+        state = self._inspect(sock)
+        if state["table"] is not None and state["owner"] not in (None, sock.portid):
+            raise BackendError(f"nftables table inet {TABLE} is held by another process "
+                               f"(netlink port {state['owner']}); nothing was changed")
+        try:
+            sock.batch(self._batch(ruleset, state, self._table_flags))
+        except NetlinkFailure as exc:
+            if not (self._table_flags and exc.code == errno.EOPNOTSUPP
+                    and exc.msg_type == w.MSG["NEWTABLE"]):
+                raise
+            # Kernel without `persist`: an owner-only table would vanish with the agent.
+            self._table_flags = 0
+            sock.batch(self._batch(ruleset, self._inspect(sock), 0))
+        self._plan = plan
+
+    def clear(self) -> None:
+        sock = self._socket()
+        if sock.get("GETTABLE", w.table_body()) is not None:
+            sock.batch([("DELTABLE", 0, w.table_body())])
+        self._plan = None
+
+    def read_back(self) -> ReadBack:
+        sock = self._socket()
+        state = self._inspect(sock)
+        if state["table"] is None:
+            return ReadBack(False, None, {"table": None})
+        problems = list(state["shape_problems"])
+        elements = {name: self._elements(sock, name) for name in SET_FIELDS
+                    if name in state["sets"]}
+        rules = self._rules(sock)
+        dhcp = None
+        for candidate in (True, False):
+            expected = {c: [w.expected_signature(r) for r in rs]
+                        for c, rs in chain_rules(candidate).items()}
+            if all(rules.get(c, []) == sigs for c, sigs in expected.items()):
+                dhcp = candidate
+        if dhcp is None:
+            problems.append("rules differ from what Cordon installs")
+        details = {
+            "table": f"inet {TABLE}",
+            "table_flags": [n for bit, n in FLAG_NAMES.items() if state["flags"] & bit],
+            "owner_portid": state["owner"],
+            "owned_by_this_process": state["owner"] == sock.portid,
+            "orphaned": state["owner"] is None,
+            "elements": {name: len(items) for name, items in elements.items()},
+            "rules": {c: len(r) for c, r in rules.items()},
+            "problems": problems,
+        }
+        if problems:
+            return ReadBack(True, None, details)
+        details["dhcp"] = dhcp
+        plan = self._plan
+        if plan is not None and plan.dhcp == dhcp and build(plan).elements == elements:
+            digest = plan.digest()  # exactly what this plan compiles to, after normalising
+        else:
+            digest = atoms_digest(dhcp, atoms_from_elements(elements))
+        return ReadBack(True, digest, details)
+
+    def close(self) -> None:
+        # Closing the socket gives up ownership; the persist flag keeps the table.
+        for s in (self._sock, self._events):
+            if s is not None:
+                s.close()
+        self._sock = self._events = None
+
+    # --- extras for the daemon ----------------------------------------------------------
+
+    def wait_for_change(self, timeout: float) -> bool:
+        """Block up to `timeout` s for an nftables change in this namespace made by any
+        other process (nft flush ruleset, delete table, ...). True if one happened."""
+        if self._events is None:
+            self._events = NftSocket(self.netns, groups=w.NFNLGRP_NFTABLES)
+        own = self._sock.portid if self._sock else None
+        changed = False
+        try:
+            for _, _, _, pid, _ in self._events.messages(timeout):
+                changed = changed or pid != own
+        except BackendError:  # timeout
+            return False
+        return changed
+
+    @property
+    def portid(self) -> int:
+        """Netlink port id of the socket that owns the table (opens it if needed)."""
+        return self._socket().portid
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _socket(self) -> NftSocket:
+        if self._sock is None:
+            try:
+                self._sock = NftSocket(self.netns)
+            except OSError as exc:
+                raise BackendError(f"cannot open a netfilter netlink socket: {exc}") from exc
+        return self._sock
+
+    def _batch(self, rs, state, flags: int) -> list:
+        reuse = (state["table"] is not None and not state["shape_problems"]
+                 and state["flags"] & w.TABLE_F_PERSIST == flags & w.TABLE_F_PERSIST)
+        msgs = []
+        if reuse:
+            # Same table and shape: assert ownership (adopts an orphan), flush, refill.
+            msgs.append(("NEWTABLE", 0, w.table_body(flags)))
+            msgs += [("DELRULE", 0, w.flush_chain_body(c)) for c in ("input", "output", "forward")]
+            msgs += [("DELSETELEM", 0, w.flush_set_body(n)) for n in SET_FIELDS]
+        else:
+            if state["table"] is not None:
+                msgs.append(("DELTABLE", 0, w.table_body()))
+            msgs.append(("NEWTABLE", w.NLM_F_CREATE, w.table_body(flags)))
+            msgs += [("NEWCHAIN", w.NLM_F_CREATE, w.chain_body(c))
+                     for c in ("input", "output", "forward")]
+            msgs += [("NEWSET", w.NLM_F_CREATE, w.set_body(n)) for n in SET_FIELDS]
+        for name, items in rs.elements.items():
+            msgs += [("NEWSETELEM", w.NLM_F_CREATE, b) for b in w.setelem_bodies(name, items)]
+        for chain, rules in rs.chains().items():
+            msgs += [("NEWRULE", w.NLM_F_CREATE | w.NLM_F_APPEND, w.rule_body(chain, r))
+                     for r in rules]
+        return msgs
+
+    def _inspect(self, sock: NftSocket) -> dict:
+        raw = sock.get("GETTABLE", w.table_body())
+        if raw is None:
+            return {"table": None, "flags": 0, "owner": None, "sets": {}, "shape_problems": []}
+        t = w.attr_map(raw)
+        flags = w.be32(t.get(w.NFTA_TABLE_FLAGS, b"\0\0\0\0"))
+        owner = w.be32(t[w.NFTA_TABLE_OWNER]) if flags & w.TABLE_F_OWNER and \
+            w.NFTA_TABLE_OWNER in t else None
+        problems = []
+        chains = {}
+        for payload in sock.dump("GETCHAIN", w.s(w.NFTA_CHAIN_TABLE, TABLE)):
+            a = w.attr_map(payload)
+            if w.cstr(a.get(w.NFTA_CHAIN_TABLE, b"")) != TABLE:
+                continue
+            hook = w.attr_map(a.get(w.NFTA_CHAIN_HOOK, b""))
+            chains[w.cstr(a[w.NFTA_CHAIN_NAME])] = (
+                w.be32(hook[w.NFTA_HOOK_HOOKNUM]) if w.NFTA_HOOK_HOOKNUM in hook else None,
+                struct.unpack(">i", hook[w.NFTA_HOOK_PRIORITY])[0]
+                if w.NFTA_HOOK_PRIORITY in hook else None,
+                w.be32(a[w.NFTA_CHAIN_POLICY]) if w.NFTA_CHAIN_POLICY in a else None,
+                w.cstr(a.get(w.NFTA_CHAIN_TYPE, b"")))
+        expected_chains = {c: (w.HOOKS[c], 0, w.NF_DROP, "filter") for c in w.HOOKS}
+        if chains != expected_chains:
+            problems.append(f"chains {sorted(chains)} differ from {sorted(expected_chains)}")
+        sets = {}
+        for payload in sock.dump("GETSET", w.s(w.NFTA_SET_TABLE, TABLE)):
+            a = w.attr_map(payload)
+            if w.cstr(a.get(w.NFTA_SET_TABLE, b"")) == TABLE:
+                sets[w.cstr(a[w.NFTA_SET_NAME])] = (w.be32(a[w.NFTA_SET_KEY_TYPE]),
+                                                     w.be32(a[w.NFTA_SET_FLAGS]))
+        expected_sets = {n: (w.be32(w.attr_map(w.set_body(n))[w.NFTA_SET_KEY_TYPE]),
+                             w.SET_F_INTERVAL | w.SET_F_CONCAT) for n in SET_FIELDS}
+        if sets != expected_sets:
+            problems.append(f"sets {sorted(sets)} differ from what Cordon installs")
+        return {"table": TABLE, "flags": flags, "owner": owner, "sets": sets,
+                "shape_problems": problems}
+
+    def _elements(self, sock: NftSocket, name: str) -> tuple:
+        fields = SET_FIELDS[name]
+        out = []
+        for payload in sock.dump("GETSETELEM", w.flush_set_body(name)):
+            a = w.attr_map(payload)
+            for _, elem in w.parse_attrs(a.get(w.NFTA_SET_ELEM_LIST_ELEMENTS, b"")):
+                e = w.attr_map(elem)
+                start = w.unpack_key(fields, w.attr_map(e[w.NFTA_SET_ELEM_KEY])[w.NFTA_DATA_VALUE])
+                end_attr = e.get(w.NFTA_SET_ELEM_KEY_END)
+                end = w.unpack_key(fields, w.attr_map(end_attr)[w.NFTA_DATA_VALUE]) \
+                    if end_attr else start
+                out.append(tuple(zip(start, end)))
+        return tuple(sorted(out))
+
+    def _rules(self, sock: NftSocket) -> dict:
+        rules: dict[str, list] = {}
+        for payload in sock.dump("GETRULE", w.s(w.NFTA_RULE_TABLE, TABLE)):
+            a = w.attr_map(payload)
+            if w.cstr(a.get(w.NFTA_RULE_TABLE, b"")) != TABLE:
+                continue
+            chain = w.cstr(a[w.NFTA_RULE_CHAIN])
+            rules.setdefault(chain, []).append(w.expr_signature(a.get(w.NFTA_RULE_EXPRESSIONS, b"")))
+        return rules
