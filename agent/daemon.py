@@ -17,6 +17,7 @@ from platforms import backend_class
 
 VERIFY_INTERVAL_S = 0.5   # tamper check when the backend offers no change events
 EVENT_VERIFY_S = 5.0      # slow safety-net check when it does
+MIN_BACKOFF_S, MAX_BACKOFF_S = 0.2, 5.0
 
 
 def sd_notify(message: str) -> None:
@@ -37,19 +38,23 @@ def watch(engine: Engine, stop: threading.Event, log) -> None:
     """Re-apply within a second when the rules in force differ from the plan."""
     wait_for_change = getattr(engine.backend, "wait_for_change", None)
     watchdog_s = int(os.environ.get("WATCHDOG_USEC", "0")) / 2e6
+    backoff = 0.0
     while not stop.is_set():
-        if wait_for_change is not None:
-            wait_for_change(EVENT_VERIFY_S if not watchdog_s else min(EVENT_VERIFY_S, watchdog_s))
+        if backoff:
+            stop.wait(backoff)  # the firewall refused a repair: retry, but never spin
+        elif wait_for_change is not None:
+            wait_for_change(min(EVENT_VERIFY_S, watchdog_s) if watchdog_s else EVENT_VERIFY_S)
         else:
             stop.wait(VERIFY_INTERVAL_S)
         if stop.is_set():
             return
         try:
             engine.reconcile()
-        except ApplyFailed:
-            pass  # already logged as apply_failed; try again on the next round
+            backoff = 0.0
         except Exception as exc:  # the watch must outlive any single failure
-            log.error("watch_failed", error=repr(exc))
+            if not isinstance(exc, ApplyFailed):  # ApplyFailed is already logged as apply_failed
+                log.error("watch_failed", error=repr(exc))
+            backoff = min(MAX_BACKOFF_S, max(MIN_BACKOFF_S, backoff * 2))
         if watchdog_s:
             sd_notify("WATCHDOG=1")
 
