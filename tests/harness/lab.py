@@ -1,0 +1,358 @@
+"""The lab: a small declarative topology built from network namespaces and veths.
+
+Every host is a namespace `cdn-<runid>-<host>` linked by one veth to the namespace it
+attaches to (the `router`, or another host such as the endpoint for `behind`). Each link
+is its own small subnet from the documentation ranges. Veths are created from inside
+the lab's namespaces (`ip -n NS link add ... peer ... netns NS2`), so nothing — no
+address, route, sysctl or interface — is ever created in the machine's own namespace.
+"""
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from . import netns
+
+PREFIX = "cdn-"
+TMP_PREFIX = "cdn-harness-"  # run directories (control sockets, agent state) in $TMPDIR
+OWNER_DIR = "/run/cordon-harness"  # <runid>.owner: pid and start time of the run's process
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_PORTS = (22, 53, 80, 443, 3389, 8080)
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    v4: str  # address with its link prefix, e.g. "198.51.100.10/29"
+    v6: str  # e.g. "2001:db8:51::10/64"
+    attach: str = "router"
+
+    @property
+    def iface4(self) -> ipaddress.IPv4Interface:
+        return ipaddress.IPv4Interface(self.v4)
+
+    @property
+    def iface6(self) -> ipaddress.IPv6Interface:
+        return ipaddress.IPv6Interface(self.v6)
+
+    def gateway(self, family: int):
+        """The attach side's address on this link: the first address of the subnet
+        that is not the host's own."""
+        iface = self.iface4 if family == 4 else self.iface6
+        for a in iface.network.hosts():
+            if a != iface.ip:
+                return a
+        raise ValueError(f"{self.name}: link subnet {iface.network} too small")
+
+
+DEFAULT_TOPOLOGY = (
+    Host("endpoint", "192.0.2.10/29", "2001:db8:2::10/64"),
+    Host("vendor", "198.51.100.10/29", "2001:db8:51::10/64"),
+    Host("dns", "198.51.100.53/29", "2001:db8:53::53/64"),
+    Host("rmm", "203.0.113.20/29", "2001:db8:20::20/64"),
+    Host("jump", "203.0.113.5/29", "2001:db8:5::5/64"),
+    Host("outside", "203.0.113.99/29", "2001:db8:99::99/64"),
+    # A container/VM behind the endpoint: tests the forward path through it.
+    Host("behind", "192.0.2.66/29", "2001:db8:b::66/64", attach="endpoint"),
+)
+
+_DOC_NETS = [ipaddress.ip_network(n) for n in
+             ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")]
+
+
+def _check_documentation_range(h: Host) -> None:
+    for iface in (h.iface4, h.iface6):
+        if not any(iface.network.subnet_of(n) for n in _DOC_NETS if n.version == iface.version):
+            raise ValueError(f"host {h.name}: {iface} is outside the documentation ranges")
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+@dataclass
+class Lab:
+    topology: tuple[Host, ...] = DEFAULT_TOPOLOGY
+    ports: tuple[int, ...] = DEFAULT_PORTS
+    runid: str = field(default_factory=lambda: secrets.token_hex(3))
+    log: callable = None  # progress callback(str), or None
+
+    def __post_init__(self) -> None:
+        self.hosts = {h.name: h for h in self.topology}
+        for h in self.topology:
+            _check_documentation_range(h)
+            if h.attach != "router" and self.hosts[h.attach].attach != "router":
+                raise ValueError(f"host {h.name}: attach only to the router or to a host on it")
+        self.rundir = ""
+        self.namespaces: list[str] = []
+        self._responders: dict[str, subprocess.Popen] = {}
+        self._extra: list[subprocess.Popen] = []
+        self._old_handlers: dict = {}
+
+    # --- names and addresses -------------------------------------------------
+    def ns(self, host: str) -> str:
+        return f"{PREFIX}{self.runid}-{host}"
+
+    def addr(self, host: str, family: int) -> str:
+        h = self.hosts[host]
+        return str(h.iface4.ip if family == 4 else h.iface6.ip)
+
+    def ctl_path(self, host: str) -> str:
+        return os.path.join(self.rundir, f"{host}.ctl")
+
+    def vantage(self, host: str, family: int) -> tuple[str, str]:
+        """Where to check a receiver is alive from, on a path isolation of the endpoint
+        does not cross: the router for hosts on it, loopback inside the host otherwise."""
+        if self.hosts[host].attach == "router" and host != "endpoint":
+            return self.ns("router"), self.addr(host, family)
+        return self.ns(host), "127.0.0.1" if family == 4 else "::1"
+
+    # --- lifecycle -----------------------------------------------------------
+    def __enter__(self) -> "Lab":
+        self._trap_signals()
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _say(self, msg: str) -> None:
+        if self.log:
+            self.log(msg)
+
+    def start(self) -> None:
+        t0 = time.monotonic()
+        os.makedirs(OWNER_DIR, exist_ok=True)
+        with open(os.path.join(OWNER_DIR, f"{self.runid}.owner"), "w") as f:
+            json.dump({"pid": os.getpid(), "start": _start_time(os.getpid())}, f)
+        self.rundir = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{self.runid}-")
+        for name in ["router", *self.hosts]:
+            netns.ip("netns", "add", self.ns(name))
+            self.namespaces.append(self.ns(name))
+        for h in self.topology:
+            self._link(h)
+        for name in ["router", *self.hosts]:
+            netns.ip("link", "set", "lo", "up", ns=self.ns(name))
+        forwarders = {"router"} | {h.attach for h in self.topology}
+        for name in forwarders:
+            netns.run_in(self.ns(name), "sysctl", "-qw", "net.ipv4.ip_forward=1",
+                         "net.ipv6.conf.all.forwarding=1")
+        self._say(f"lab {self.runid}: {len(self.namespaces)} namespaces up "
+                  f"({time.monotonic() - t0:.1f}s)")
+        self._start_responders()
+        self._wait_reachable()
+        self._say(f"lab {self.runid}: responders up, v4+v6 reachable ({time.monotonic() - t0:.1f}s)")
+
+    def _link(self, h: Host) -> None:
+        up_ns, host_ns = self.ns(h.attach), self.ns(h.name)
+        side = f"to-{h.name}"[:15]
+        netns.ip("link", "add", side, "type", "veth", "peer", "name", "eth0", "netns", host_ns, ns=up_ns)
+        g4, g6 = h.gateway(4), h.gateway(6)
+        p4, p6 = h.iface4.network.prefixlen, h.iface6.network.prefixlen
+        netns.ip("-batch", "-", ns=up_ns, input="\n".join([
+            f"addr add {g4}/{p4} dev {side}",
+            f"addr add {g6}/{p6} dev {side} nodad",
+            f"link set {side} up",
+        ]) + "\n")
+        netns.ip("-batch", "-", ns=host_ns, input="\n".join([
+            f"addr add {h.v4} dev eth0",
+            f"addr add {h.v6} dev eth0 nodad",
+            "link set eth0 up",
+            f"route add default via {g4}",
+            f"route add default via {g6}",
+        ]) + "\n")
+        if h.attach != "router":  # the router reaches hosts behind a host through it
+            via = self.hosts[h.attach]
+            netns.ip("-batch", "-", ns=self.ns("router"), input="\n".join([
+                f"route add {h.iface4.network} via {via.iface4.ip}",
+                f"route add {h.iface6.network} via {via.iface6.ip}",
+            ]) + "\n")
+
+    def _start_responders(self) -> None:
+        env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        ports = ",".join(str(p) for p in sorted(set(self.ports)))
+        for name in self.hosts:
+            self._responders[name] = subprocess.Popen(
+                netns.exec_argv(self.ns(name), sys.executable, "-m", "tests.harness.responder",
+                                "--ctl", self.ctl_path(name), "--ports", ports),
+                env=env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 15
+        for name, proc in self._responders.items():
+            while self.control(name, "PING") != "PONG":
+                if proc.poll() is not None:
+                    raise RuntimeError(f"responder on {name} exited with {proc.returncode}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"responder on {name} did not come up")
+                time.sleep(0.02)
+
+    def _wait_reachable(self) -> None:
+        from .probe import Probe, run_probes  # probe imports lab's types; avoid a cycle
+        probes = [Probe("endpoint", h, "icmp", None, fam)
+                  for h in self.hosts if h != "endpoint" for fam in (4, 6)]
+        probes += [Probe("behind", "outside", "icmp", None, fam) for fam in (4, 6)]
+        deadline = time.monotonic() + 10
+        while True:
+            bad = [r for r in run_probes(self, probes, timeout=1.0) if r.verdict != "ALLOWED"]
+            if not bad:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("lab not reachable before isolation: " +
+                                   "; ".join(f"{r.probe.label()}: {r.detail}" for r in bad))
+            probes = [r.probe for r in bad]
+
+    def control(self, host: str, command: str, timeout: float = 2.0) -> str | None:
+        """One request on a responder's control socket; None if it does not answer."""
+        import socket
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(timeout)
+                s.connect(self.ctl_path(host))
+                s.sendall(command.encode() + b"\n")
+                return s.makefile().readline().strip() or None
+        except OSError:
+            return None
+
+    def listen(self, ports) -> None:
+        """Make every responder listen on these TCP/UDP ports too."""
+        new = sorted(set(ports) - set(self.ports))
+        if not new:
+            return
+        for name in self.hosts:
+            answer = self.control(name, "PORTS " + ",".join(map(str, new)))
+            if answer != "OK":
+                raise RuntimeError(f"responder on {name} cannot listen on {new}: {answer}")
+        self.ports = tuple(sorted(set(self.ports) | set(new)))
+
+    def probe(self, src: str, dst: str, proto: str, port: int | None = None, family: int = 4,
+              sport: int | None = None, timeout: float = 1.0):
+        from .probe import probe
+        return probe(self, src, dst, proto, port, family, sport, timeout)
+
+    def probe_all(self, probes, timeout: float = 1.0):
+        from .probe import run_probes
+        self.listen({p.port for p in probes if p.port})
+        return run_probes(self, probes, timeout)
+
+    def kill_responder(self, host: str) -> None:
+        proc = self._responders.pop(host)
+        proc.kill()
+        proc.wait()
+
+    def spawn(self, host: str, *argv: str, **kw) -> subprocess.Popen:
+        """A process inside a host's namespace, killed at teardown."""
+        p = subprocess.Popen(netns.exec_argv(self.ns(host), *argv), **kw)
+        self._extra.append(p)
+        return p
+
+    def run(self, host: str, *argv: str, check: bool = True, timeout: float = 30):
+        return netns.run_in(self.ns(host), *argv, check=check, timeout=timeout)
+
+    def close(self) -> None:
+        try:
+            for p in [*self._responders.values(), *self._extra]:
+                with contextlib.suppress(ProcessLookupError):
+                    p.terminate()
+            for p in [*self._responders.values(), *self._extra]:
+                try:
+                    p.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+            self._responders.clear()
+            self._extra.clear()
+            for ns in self.namespaces:
+                remove_namespace(ns)
+            self.namespaces.clear()
+            if self.rundir:
+                shutil.rmtree(self.rundir, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(OWNER_DIR, f"{self.runid}.owner"))
+        finally:
+            self._restore_signals()
+
+    def _trap_signals(self) -> None:
+        """SIGTERM/SIGHUP become exceptions so that `with Lab()` tears down (Ctrl-C
+        already raises KeyboardInterrupt). Only possible from the main thread."""
+        import threading
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def _raise(signum, frame):
+            raise SystemExit(128 + signum)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            self._old_handlers[sig] = signal.signal(sig, _raise)
+
+    def _restore_signals(self) -> None:
+        for sig, h in self._old_handlers.items():
+            signal.signal(sig, h)
+        self._old_handlers.clear()
+
+
+def remove_namespace(ns: str) -> None:
+    """Kill every process inside `ns`, then delete it (its veths go with it)."""
+    for _ in range(50):
+        pids = netns.pids_in(ns)
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.02)
+    netns.forget(ns)
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def _owner_alive(runid: str) -> bool | None:
+    """True/False for harness runs with an owner record, None for namespaces we don't know."""
+    try:
+        with open(os.path.join(OWNER_DIR, f"{runid}.owner")) as f:
+            owner = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return _start_time(owner["pid"]) == owner["start"]
+
+
+def sweep(everything: bool = False, say=print) -> list[str]:
+    """Remove leftovers of crashed runs: `cdn-` namespaces (and their processes) whose
+    harness run is no longer alive. Namespaces with no owner record may belong to another
+    test that is running right now; they are removed only with `everything=True`."""
+    removed = []
+    for ns in netns.list_namespaces():
+        if not ns.startswith(PREFIX):
+            continue
+        runid = ns[len(PREFIX):].split("-", 1)[0]
+        alive = _owner_alive(runid)
+        if alive or (alive is None and not everything):
+            say(f"keep   {ns} ({'run alive' if alive else 'no owner record; use --all'})")
+            continue
+        remove_namespace(ns)
+        removed.append(ns)
+        say(f"remove {ns}")
+    if os.path.isdir(OWNER_DIR):
+        live = {n[len(PREFIX):].split("-", 1)[0] for n in netns.list_namespaces()}
+        for f in os.listdir(OWNER_DIR):
+            if f.removesuffix(".owner") not in live and not _owner_alive(f.removesuffix(".owner")):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(OWNER_DIR, f))
+    for d in os.listdir(tempfile.gettempdir()):
+        if d.startswith(TMP_PREFIX) and not _owner_alive(d[len(TMP_PREFIX):].split("-", 1)[0]):
+            shutil.rmtree(os.path.join(tempfile.gettempdir(), d), ignore_errors=True)
+    return removed

@@ -1,0 +1,348 @@
+"""Probes: does a nonce sent from one lab host reach another and come back?
+
+    probe(lab, "endpoint", "vendor", "tcp", 443, 4) -> Result(verdict=ALLOWED|BLOCKED|ERROR)
+
+ALLOWED: the nonce made the round trip. BLOCKED: no round trip, the receiver's responder
+says it never saw the nonce, AND right after, the receiver answers a probe on the same
+protocol/port from a path that isolation of the endpoint does not cross. Anything else
+(receiver saw the nonce but the reply was lost, receiver dead, control channel silent)
+is ERROR: a dead responder must never pass for a firewall.
+
+All probes of a batch run concurrently in one asyncio loop; the batch costs about one
+timeout plus one liveness round, whatever its size.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+
+from . import netns
+
+ALLOWED, BLOCKED, ERROR = "ALLOWED", "BLOCKED", "ERROR"
+SYMBOL = {ALLOWED: ".", BLOCKED: "X", ERROR: "!"}
+
+
+@dataclass(frozen=True, order=True)
+class Probe:
+    src: str
+    dst: str
+    proto: str            # tcp | udp | icmp
+    port: int | None      # None for icmp
+    family: int           # 4 | 6
+    sport: int | None = None  # fixed source port (e.g. "peer uses the exception's port")
+
+    def column(self) -> str:
+        c = self.proto if self.proto == "icmp" else f"{self.proto}/{self.port}"
+        return c + (f"<{self.sport}" if self.sport else "")
+
+    def label(self) -> str:
+        return f"{self.src}->{self.dst} {self.column()} v{self.family}"
+
+
+@dataclass(frozen=True)
+class Result:
+    probe: Probe
+    verdict: str
+    detail: str = ""
+    seconds: float = 0.0
+
+
+# --- one round trip, from a namespace to an address -------------------------
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s = (s >> 16) + (s & 0xFFFF)
+    s += s >> 16
+    return ~s & 0xFFFF
+
+
+def _sockaddr(addr: str, port: int, family: int):
+    return (addr, port) if family == 4 else (addr, port, 0, 0)
+
+
+class LocalError(Exception):
+    """The probe could not even be sent (no namespace, port in use): never a BLOCKED."""
+
+
+async def round_trip(ns: str, addr: str, proto: str, port: int | None, family: int,
+                     nonce: str, timeout: float, sport: int | None = None) -> str | None:
+    """Send `nonce` from namespace `ns` to addr and wait for it to come back.
+    Returns None on success, else a short reason; raises LocalError if it cannot send."""
+    af = socket.AF_INET if family == 4 else socket.AF_INET6
+    loop = asyncio.get_running_loop()
+    if proto == "icmp":
+        kind = (socket.SOCK_RAW, socket.IPPROTO_ICMP if family == 4 else socket.IPPROTO_ICMPV6)
+    else:
+        kind = (socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM, 0)
+    try:
+        sock = netns.socket_in(ns, af, *kind)
+    except OSError as e:
+        raise LocalError(f"socket in {ns}: {e}") from e
+    sock.setblocking(False)
+    payload = nonce.encode()
+    try:
+        async def exchange() -> str | None:
+            if sport:
+                # The sender's own responder may listen on that port: share it (the
+                # responder's TCP listeners set SO_REUSEPORT too; for UDP the connected
+                # socket wins the lookup for its replies).
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if proto == "tcp":
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                try:
+                    sock.bind(("0.0.0.0" if family == 4 else "::", sport))
+                except OSError as e:
+                    raise LocalError(f"bind source port {sport}: {e.strerror}") from e
+            if proto == "icmp":
+                ident = int.from_bytes(os.urandom(2), "big")
+                typ = 8 if family == 4 else 128
+                head = struct.pack("!BBHHH", typ, 0, 0, ident, 1)
+                if family == 4:  # the kernel fills the ICMPv6 checksum itself
+                    head = struct.pack("!BBHHH", typ, 0, _checksum(head + payload), ident, 1)
+                await loop.sock_sendto(sock, head + payload, (addr, 0))
+                while True:
+                    data = await loop.sock_recv(sock, 2048)
+                    off = (data[0] & 0x0F) * 4 if family == 4 else 0
+                    if data[off] == (0 if family == 4 else 129) and data[off + 8:] == payload:
+                        return None
+            if proto == "tcp":
+                await loop.sock_connect(sock, _sockaddr(addr, port, family))
+                await loop.sock_sendall(sock, payload + b"\n")
+                got = b""
+                while not got.endswith(b"\n"):
+                    chunk = await loop.sock_recv(sock, 256)
+                    if not chunk:
+                        return "connection closed without echo"
+                    got += chunk
+            else:
+                sock.connect(_sockaddr(addr, port, family))
+                await loop.sock_sendall(sock, payload + b"\n")
+                got = await loop.sock_recv(sock, 256)
+            return None if got.strip() == payload else f"wrong echo {got[:40]!r}"
+        return await asyncio.wait_for(exchange(), timeout)
+    except asyncio.TimeoutError:
+        return f"no reply in {timeout:g}s"
+    except LocalError:
+        raise
+    except OSError as e:
+        return e.strerror or str(e)
+    finally:
+        sock.close()
+
+
+# --- the verdict: round trip, then what the receiver saw, then is it alive ---------
+
+async def _control(path: str, command: str, timeout: float = 2.0) -> str | None:
+    try:
+        async def ask():
+            reader, writer = await asyncio.open_unix_connection(path)
+            try:
+                writer.write(command.encode() + b"\n")
+                await writer.drain()
+                return (await reader.readline()).decode().strip() or None
+            finally:
+                writer.close()
+        return await asyncio.wait_for(ask(), timeout)
+    except (OSError, asyncio.TimeoutError):
+        return None
+
+
+def new_nonce() -> str:
+    return secrets.token_hex(8)
+
+
+class _Prober:
+    def __init__(self, lab, timeout: float) -> None:
+        self.lab = lab
+        self.timeout = timeout
+        self._alive: dict[tuple, asyncio.Task] = {}
+
+    async def alive(self, host: str, proto: str, port: int | None, family: int) -> str | None:
+        key = (host, proto, port, family)
+        if key not in self._alive:
+            self._alive[key] = asyncio.ensure_future(self._check_alive(*key))
+        return await self._alive[key]
+
+    async def _check_alive(self, host, proto, port, family) -> str | None:
+        ns, addr = self.lab.vantage(host, family)
+        nonce = new_nonce()
+        try:
+            fail = await round_trip(ns, addr, proto, port, family, nonce, self.timeout)
+        except LocalError as e:
+            return str(e)
+        if fail is None and await _control(self.lab.ctl_path(host), f"SEEN {nonce}") != "YES":
+            fail = "echo came back but the responder did not record it"
+        return fail
+
+    async def run(self, p: Probe) -> Result:
+        t0 = time.monotonic()
+        nonce = new_nonce()
+        dst = self.lab.addr(p.dst, p.family)
+
+        def result(verdict: str, detail: str) -> Result:
+            return Result(p, verdict, detail, round(time.monotonic() - t0, 3))
+        try:
+            fail = await round_trip(self.lab.ns(p.src), dst, p.proto, p.port, p.family, nonce,
+                                    self.timeout, p.sport)
+        except LocalError as e:
+            return result(ERROR, f"probe not sent: {e}")
+        if fail is None:
+            return result(ALLOWED, "round trip")
+        seen = await _control(self.lab.ctl_path(p.dst), f"SEEN {nonce}")
+        if seen is None:
+            return result(ERROR, f"{fail}; receiver's responder does not answer (dead?)")
+        if seen == "YES":
+            return result(ERROR, f"{fail}; but the receiver got the nonce (reply lost: one-way leak)")
+        dead = await self.alive(p.dst, p.proto, p.port, p.family)
+        if dead:
+            return result(ERROR, f"{fail}; receiver not shown alive afterwards ({dead})")
+        return result(BLOCKED, f"{fail}; receiver saw nothing and is alive")
+
+
+async def probe_many(lab, probes, timeout: float = 1.0, concurrency: int = 256) -> list[Result]:
+    prober = _Prober(lab, timeout)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(p: Probe) -> Result:
+        async with gate:
+            return await prober.run(p)
+    return list(await asyncio.gather(*(one(p) for p in probes)))
+
+
+def run_probes(lab, probes, timeout: float = 1.0, concurrency: int = 256) -> list[Result]:
+    """Run a batch of probes concurrently; results in the order of `probes`."""
+    return asyncio.run(probe_many(lab, list(probes), timeout, concurrency))
+
+
+def probe(lab, src: str, dst: str, proto: str, port: int | None = None, family: int = 4,
+          sport: int | None = None, timeout: float = 1.0) -> Result:
+    return run_probes(lab, [Probe(src, dst, proto, port, family, sport)], timeout)[0]
+
+
+# --- continuous probing during a transition ------------------------------------
+
+@dataclass
+class LoopReport:
+    rounds: int = 0
+    leaks: list = field(default_factory=list)   # (seconds, Probe, detail): a blocked flow passed
+    losses: list = field(default_factory=list)  # (seconds, Probe, detail): an allowed flow failed
+
+    @property
+    def clean(self) -> bool:
+        return not self.leaks and not self.losses
+
+    def summary(self) -> str:
+        lines = [f"{self.rounds} rounds, {len(self.leaks)} leaks, {len(self.losses)} losses"]
+        lines += [f"  LEAK +{t:.3f}s {p.label()}: {d}" for t, p, d in self.leaks[:20]]
+        lines += [f"  LOSS +{t:.3f}s {p.label()}: {d}" for t, p, d in self.losses[:20]]
+        return "\n".join(lines)
+
+
+class ProbeLoop:
+    """Probe `must_pass` and `must_block` over and over in a background thread until
+    stopped; records every round trip that fails on a must-pass flow and every nonce
+    that reaches the receiver on a must-block flow.
+
+        with ProbeLoop(lab, must_pass=[...], must_block=[...]) as loop:
+            agent.policy_set(doc)
+        assert loop.report.clean, loop.report.summary()
+    """
+
+    def __init__(self, lab, must_pass=(), must_block=(), interval: float = 0.05,
+                 timeout: float = 0.5) -> None:
+        self.lab, self.interval, self.timeout = lab, interval, timeout
+        self.must_pass, self.must_block = list(must_pass), list(must_block)
+        self.report = LoopReport()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    async def _one(self, p: Probe, t0: float, should_pass: bool) -> None:
+        nonce = new_nonce()
+        try:
+            fail = await round_trip(self.lab.ns(p.src), self.lab.addr(p.dst, p.family), p.proto,
+                                    p.port, p.family, nonce, self.timeout, p.sport)
+        except LocalError as e:
+            fail = f"probe not sent: {e}"
+        t = time.monotonic() - t0
+        if should_pass and fail:
+            self.report.losses.append((t, p, fail))
+        elif not should_pass:
+            if fail is None:
+                self.report.leaks.append((t, p, "round trip"))
+            elif await _control(self.lab.ctl_path(p.dst), f"SEEN {nonce}") == "YES":
+                self.report.leaks.append((t, p, "receiver got the nonce"))
+
+    async def _main(self) -> None:
+        t0 = time.monotonic()
+        while not self._stop.is_set():
+            started = time.monotonic()
+            await asyncio.gather(*(self._one(p, t0, True) for p in self.must_pass),
+                                 *(self._one(p, t0, False) for p in self.must_block))
+            self.report.rounds += 1
+            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def start(self) -> "ProbeLoop":
+        self._thread.start()
+        return self
+
+    def stop(self) -> LoopReport:
+        self._stop.set()
+        self._thread.join()
+        return self.report
+
+    def __enter__(self) -> "ProbeLoop":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+# --- an open connection, to check that isolation cuts what was already open --------
+
+class Session:
+    """A TCP connection (or connected UDP socket) opened now and used later:
+    `exchange()` sends a fresh nonce over it and says whether it came back."""
+
+    def __init__(self, lab, src: str, dst: str, proto: str, port: int, family: int = 4,
+                 timeout: float = 1.0) -> None:
+        af = socket.AF_INET if family == 4 else socket.AF_INET6
+        kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+        self.sock = netns.socket_in(lab.ns(src), af, kind)
+        self.sock.settimeout(timeout)
+        self.sock.connect(_sockaddr(lab.addr(dst, family), port, family))
+        if not self.exchange():
+            raise RuntimeError(f"session {src}->{dst} {proto}/{port} v{family} does not pass")
+
+    def exchange(self, timeout: float = 1.0) -> bool:
+        self.sock.settimeout(timeout)
+        nonce = new_nonce().encode()
+        try:
+            self.sock.sendall(nonce + b"\n")
+            got = b""
+            while not got.endswith(b"\n"):
+                chunk = self.sock.recv(256)
+                if not chunk:
+                    return False
+                got += chunk
+                if self.sock.type == socket.SOCK_DGRAM:
+                    break
+            return got.strip() == nonce
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,209 @@
+"""The harness tests itself: it must be able to fail.
+
+A deliberately wrong ruleset, installed by the test with `nft -f` (not by Cordon), must
+produce exactly the mismatches its bugs imply; a dead responder must read ERROR, never
+BLOCKED; teardown must leave `ip netns list` as it was, also on failure and on signals.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from tests.harness import ALLOWED, BLOCKED, ERROR, Lab, Probe, ProbeLoop, Session, sweep
+from tests.harness.lab import REPO_ROOT
+from tests.harness.netns import list_namespaces
+from tests.harness.table import Comparison, junit_xml
+
+pytestmark = pytest.mark.root
+
+# Meant: endpoint may reach only the vendor on tcp/443 (IPv4). Bugs: an `ip` table
+# (IPv6 untouched), no forward chain, and ssh open to everyone.
+WRONG_RULESET = """
+table ip wrong {
+    chain input {
+        type filter hook input priority 0; policy drop;
+        iif lo accept
+        ct state established,related accept
+        tcp dport 22 accept
+    }
+    chain output {
+        type filter hook output priority 0; policy drop;
+        oif lo accept
+        ct state established,related accept
+        ip daddr 198.51.100.10 tcp dport 443 accept
+    }
+}
+"""
+
+PEERS = ("vendor", "outside")
+SERVICES = (("tcp", 22), ("tcp", 443), ("udp", 53), ("icmp", None))
+
+
+def nft(lab, host: str, ruleset: str) -> None:
+    """Install a ruleset in a lab host with nft -f (the test's own rules, not Cordon's)."""
+    subprocess.run(["ip", "netns", "exec", lab.ns(host), "nft", "-f", "-"], input=ruleset,
+                   text=True, check=True)
+
+
+def _probes() -> list[Probe]:
+    ps = []
+    for fam in (4, 6):
+        for peer in PEERS:
+            for proto, port in SERVICES:
+                ps.append(Probe("endpoint", peer, proto, port, fam))
+                ps.append(Probe(peer, "endpoint", proto, port, fam))
+        ps.append(Probe("behind", "outside", "tcp", 443, fam))
+        ps.append(Probe("behind", "outside", "icmp", None, fam))
+    return ps
+
+
+def _meant(p: Probe) -> str:
+    return ALLOWED if (p.src, p.dst, p.proto, p.port, p.family) == ("endpoint", "vendor", "tcp", 443, 4) else BLOCKED
+
+
+def _wrong_ruleset_does(p: Probe) -> str:
+    if p.family == 6 or p.src == "behind":
+        return ALLOWED  # not filtered at all
+    if p.dst == "endpoint" and p.proto == "tcp" and p.port == 22:
+        return ALLOWED
+    return _meant(p)
+
+
+def test_wrong_ruleset_gives_exactly_the_right_mismatches(lab):
+    probes = _probes()
+    before = lab.probe_all(probes)
+    assert {r.verdict for r in before} == {ALLOWED}, [r for r in before if r.verdict != ALLOWED]
+
+    nft(lab, "endpoint", WRONG_RULESET)
+    results = lab.probe_all(probes)
+    cmp = Comparison({p: _meant(p) for p in probes}, results, "wrong ruleset")
+    text = cmp.render(lab)
+    print(text)
+
+    should_differ = {p for p in probes if _wrong_ruleset_does(p) != _meant(p)}
+    assert {r.probe for r in cmp.mismatches} == should_differ, text
+    assert all(r.result.verdict == _wrong_ruleset_does(r.probe) for r in cmp.rows), text
+    assert cmp.correct == len(probes) - len(should_differ) and cmp.incorrect == len(should_differ)
+    # The blocks it did get right are real blocks, not errors.
+    assert sum(r.result.verdict == BLOCKED for r in cmp.rows) == sum(
+        _wrong_ruleset_does(p) == BLOCKED for p in probes)
+    assert "correct: " in text and "replay: " in text and " X" in text and "*" in text
+    junit = junit_xml([cmp], lab)
+    assert junit.count("<failure") == len(should_differ)
+
+
+def test_dead_responder_is_error_not_blocked(lab):
+    lab.kill_responder("vendor")
+    # With no firewall: the port is closed, the receiver cannot confirm anything.
+    assert lab.probe("endpoint", "vendor", "tcp", 443).verdict == ERROR
+    assert lab.probe("endpoint", "vendor", "udp", 53).verdict == ERROR
+    # Behind a firewall that drops everything: still ERROR, because the receiver cannot
+    # be shown to have seen nothing while alive.
+    nft(lab, "endpoint", "table inet t { chain o { type filter hook output priority 0; policy drop; }\n}")
+    for proto, port in SERVICES:
+        for fam in (4, 6):
+            r = lab.probe("endpoint", "vendor", proto, port, fam)
+            assert r.verdict == ERROR, r
+    # A live receiver behind the same firewall is a real BLOCKED.
+    assert lab.probe("endpoint", "outside", "tcp", 443).verdict == BLOCKED
+
+
+def test_receiver_that_sees_the_nonce_but_cannot_answer_is_error(lab):
+    # Drop only the replies leaving the vendor: the request arrived, so this is not BLOCKED.
+    nft(lab, "vendor", "table inet t { chain o { type filter hook output priority 0; "
+                         "ip daddr 192.0.2.10 udp sport 53 drop; }\n}")
+    r = lab.probe("endpoint", "vendor", "udp", 53)
+    assert r.verdict == ERROR and "got the nonce" in r.detail, r
+
+
+def test_probe_loop_sees_a_leak_and_a_loss(lab):
+    allowed = Probe("endpoint", "vendor", "tcp", 443, 4)
+    must_block = Probe("endpoint", "outside", "udp", 53, 4)
+    with ProbeLoop(lab, must_pass=[allowed], must_block=[must_block], interval=0.05) as loop:
+        time.sleep(0.3)
+        nft(lab, "endpoint", "table ip t { chain o { type filter hook output priority 0; "
+                                         "tcp dport 443 drop; }\n}")
+        time.sleep(0.8)
+    rep = loop.report
+    assert rep.rounds >= 5
+    assert rep.leaks and all(p == must_block for _, p, _ in rep.leaks)  # nothing blocks it: leaks
+    assert rep.losses and all(p == allowed for _, p, _ in rep.losses)
+
+
+def test_open_session_is_cut_by_a_later_ruleset(lab):
+    with Session(lab, "endpoint", "outside", "tcp", 443) as s:
+        assert s.exchange()
+        nft(lab, "endpoint", "table inet t { chain o { type filter hook output priority 0; "
+                                         "policy drop; }\n}")
+        assert not s.exchange(timeout=0.5)
+
+
+def test_source_port_probe(lab):
+    # The sender's own responder listens on 443 too; the probe must still go out.
+    for proto in ("tcp", "udp"):
+        for fam in (4, 6):
+            r = lab.probe("outside", "endpoint", proto, 22, fam, sport=443)
+            assert r.verdict == ALLOWED, r
+    # A block on source port 443 is seen as such.
+    nft(lab, "endpoint", "table inet t { chain i { type filter hook input priority 0; "
+                         "tcp sport 443 drop; }\n}")
+    assert lab.probe("outside", "endpoint", "tcp", 22, sport=443).verdict == BLOCKED
+    assert lab.probe("outside", "endpoint", "tcp", 22).verdict == ALLOWED
+
+
+def _ours(runid: str) -> list[str]:
+    # Other engineers' tests may add or remove their own namespaces meanwhile: only
+    # this run's are ours to check.
+    return [n for n in list_namespaces() if n.startswith(f"cdn-{runid}-")]
+
+
+def test_teardown_on_failure_leaves_namespaces_as_before():
+    before = list_namespaces()
+    with pytest.raises(ZeroDivisionError):
+        with Lab() as lab:
+            assert len(_ours(lab.runid)) == len(lab.hosts) + 1
+            1 / 0
+    assert _ours(lab.runid) == []
+    assert set(list_namespaces()) <= set(before)
+
+
+HOLD = textwrap.dedent("""
+    import sys, time
+    from tests.harness import Lab
+    with Lab() as lab:
+        print(lab.runid, flush=True)
+        time.sleep(60)
+""")
+
+
+def _hold_lab():
+    p = subprocess.Popen([sys.executable, "-c", HOLD], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    runid = p.stdout.readline().strip()
+    assert runid, "lab did not start"
+    assert any(n.startswith(f"cdn-{runid}-") for n in list_namespaces())
+    return p, runid
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_tears_down(sig):
+    p, runid = _hold_lab()
+    p.send_signal(sig)
+    p.wait(timeout=20)
+    assert _ours(runid) == []
+
+
+def test_sweep_removes_leftovers_of_a_killed_run():
+    p, runid = _hold_lab()
+    p.kill()
+    p.wait()
+    left = _ours(runid)
+    assert left, "SIGKILL should leave the namespaces behind"
+    removed = sweep(say=lambda _: None)
+    assert set(left) <= set(removed)
+    assert _ours(runid) == []
