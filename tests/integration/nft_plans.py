@@ -1,0 +1,91 @@
+"""Plans for the nftables integration tests, built against the harness lab's addresses,
+and the expected verdict of a probe computed from a plan's flows (never from the rules)."""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+
+from agent.plan import Flow, Plan, PortRange
+
+VENDOR, DNS, RMM, JUMP = "198.51.100.10", "198.51.100.53", "203.0.113.20", "203.0.113.5"
+
+
+def base_flows() -> list[Flow]:
+    return [
+        Flow("out", "tcp", f"{VENDOR}/32", (PortRange(443, 443),), "vendor", "vendor"),
+        Flow("out", "udp", f"{DNS}/32", (PortRange(53, 53),), "dns", "dns"),
+        Flow("out", "tcp", f"{DNS}/32", (PortRange(53, 53),), "dns", "dns"),
+    ]
+
+
+def plan_a() -> Plan:
+    """Vendor, DNS, an outbound exception (RMM tcp/8080) and an inbound one (jump -> 3389)."""
+    return Plan("standard", tuple(base_flows() + [
+        Flow("out", "tcp", f"{RMM}/32", (PortRange(8080, 8080),), "exception", "rmm"),
+        Flow("in", "tcp", f"{JUMP}/32", (PortRange(3389, 3389),), "exception", "jump rdp"),
+    ]), dhcp=True, policy_version=1)
+
+
+def plan_b(extra: int = 0) -> Plan:
+    """Vendor, DNS, jump may ping in, RMM on udp/53 only, plus `extra` filler exceptions
+    in 192.0.2.128/25's neighbourhood that no lab host uses."""
+    flows = base_flows() + [
+        Flow("in", "icmp", f"{JUMP}/32", (), "exception", "jump ping"),
+        Flow("out", "udp", f"{RMM}/32", (PortRange(53, 53),), "exception", "rmm dns"),
+    ]
+    for i in range(extra):
+        flows.append(Flow("out", "tcp", f"192.0.2.{128 + i % 100}/32",
+                          (PortRange(1000 + i, 1000 + i),), "exception", f"filler {i}"))
+    return Plan("standard", tuple(flows), dhcp=False, policy_version=2)
+
+
+def plan_to_json(plan: Plan) -> str:
+    return json.dumps(plan.to_json())
+
+
+def plan_from_json(d: dict) -> Plan:
+    flows = tuple(Flow(f["direction"], f["protocol"], f["network"],
+                       tuple(PortRange(p["first"], p["last"]) for p in f["ports"]),
+                       f["origin"], f["name"]) for f in d["flows"])
+    return Plan(d["mode"], flows, d["dhcp"], d["policy_version"])
+
+
+def expected_allowed(plan: Plan | None, src_addr: str, dst_addr: str, proto: str, port,
+                     endpoint_addrs: set[str], forwarded: bool = False) -> bool:
+    """What the plan says about one probe. `plan` None = not isolated: all passes."""
+    if plan is None:
+        return True
+    if forwarded:
+        return False
+    ip = ipaddress.ip_address(src_addr if dst_addr in endpoint_addrs else dst_addr)
+    if ip.version == 6:
+        return False
+    direction = "in" if dst_addr in endpoint_addrs else "out"
+    for f in plan.flows:
+        if f.direction != direction or ip not in f.ip_network:
+            continue
+        if f.protocol == "any" or (f.protocol == proto and (
+                not f.ports or any(p.first <= port <= p.last for p in f.ports))):
+            return True
+    return False
+
+
+def nft(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run(["ip", "netns", "exec", ns, "nft", *args], capture_output=True, text=True)
+    if check and r.returncode:
+        raise RuntimeError(f"nft {' '.join(args)} in {ns}: {r.stderr.strip()}")
+    return r
+
+
+def nft_json_table(ns: str) -> list | None:
+    r = nft(ns, "-j", "list", "table", "inet", "cordon", check=False)
+    if r.returncode:
+        return None
+    return [o for o in json.loads(r.stdout)["nftables"] if "metainfo" not in o]
+
+
+def repo_env() -> dict:
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
