@@ -1,0 +1,189 @@
+"""The EXPECTED reachability, computed from the agent config (TOML), the policy (JSON)
+and the state, straight from DESIGN §1 with `ipaddress` — deliberately without importing
+anything of the product (agent.*, platforms.*), so a bug there cannot hide in here.
+
+- normal: everything passes.
+- isolated: the endpoint may open connections to the vendor endpoints and to the DNS
+  resolvers (udp+tcp 53); in `standard` mode also the active exceptions of the enforced
+  policy when it is enabled (outbound: endpoint opens; inbound: the peer opens, to the
+  endpoint's local ports). Replies pass. All else is dropped: IPv6 entirely, and
+  everything forwarded through the endpoint (exceptions are for the host, not a router).
+"""
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+
+from .probe import ALLOWED, BLOCKED, Probe
+
+UNMENTIONED_CANDIDATES = (9, 8080, 2222, 4444, 31337)
+
+
+@dataclass(frozen=True)
+class Rule:
+    direction: str                      # "out": endpoint opens; "in": peer opens
+    protos: frozenset                   # subset of {"tcp", "udp", "icmp"}
+    network: ipaddress.IPv4Network
+    ports: tuple = ()                   # ((first, last), ...); () = any port
+    origin: str = ""
+
+    def allows(self, direction: str, proto: str, peer: str, port: int | None) -> bool:
+        if direction != self.direction or proto not in self.protos:
+            return False
+        if ipaddress.ip_address(peer) not in self.network:
+            return False
+        return proto == "icmp" or not self.ports or any(a <= port <= b for a, b in self.ports)
+
+
+def parse_ports(value) -> tuple:
+    """"any" -> (); "22, 3389, 5000-5010" or [22, "5000-5010"] -> ((22, 22), ...)."""
+    if isinstance(value, int):
+        value = [value]
+    if isinstance(value, str):
+        if value.strip().lower() == "any":
+            return ()
+        value = value.split(",")
+    out = []
+    for item in value:
+        a, _, b = str(item).strip().partition("-")
+        out.append((int(a), int(b or a)))
+    return tuple(out)
+
+
+def _protos(protocol: str, ports: tuple) -> frozenset:
+    if protocol == "any":  # with a port list only TCP and UDP can match
+        return frozenset({"tcp", "udp"} if ports else {"tcp", "udp", "icmp"})
+    return frozenset({protocol})
+
+
+def _rule(direction: str, entry: dict, origin: str) -> Rule:
+    ports = parse_ports(entry.get("ports", "any"))
+    proto = entry.get("protocol", "tcp" if origin == "vendor" else "any")
+    return Rule(direction, _protos(proto, ports), ipaddress.IPv4Network(entry["address"]), ports, origin)
+
+
+def config_rules(config: dict) -> list[Rule]:
+    vendor = config.get("vendor", {})
+    rules = [_rule("out", e, "vendor") for e in vendor.get("endpoints", [])]
+    for server in vendor.get("dns_servers", []):
+        rules.append(Rule("out", frozenset({"udp", "tcp"}), ipaddress.IPv4Network(server),
+                          ((53, 53),), "dns"))
+    return rules
+
+
+def policy_rules(policy: dict | None, everything: bool = False) -> list[Rule]:
+    """The exceptions a policy enforces (or, with everything=True, all it mentions)."""
+    if not policy or not (everything or policy.get("enabled", False)):
+        return []
+    return [_rule(direction, e, "exception")
+            for key, direction in (("outbound", "out"), ("inbound", "in"))
+            for e in policy.get(key, []) if everything or e.get("active", True)]
+
+
+def load_config(path: str) -> dict:
+    with open(path, "rb") as f:
+        return tomllib.load(f)
+
+
+@dataclass
+class Model:
+    """What should be in force, following the state rules of DESIGN §1 (sensor types)."""
+
+    config: dict
+    state: str = "normal"                 # normal | isolated
+    mode: str | None = None               # None | standard | strict
+    stored: dict | None = None            # the newest accepted policy
+    enforced: dict | None = None          # the policy whose exceptions are in force
+    history: list = field(default_factory=list)
+
+    @property
+    def sensor_type(self) -> str:
+        return self.config.get("sensor_type", "endpoint_sensor")
+
+    def policy_set(self, doc: dict) -> None:
+        doc = dict(doc)
+        if "version" not in doc:
+            doc["version"] = (self.stored or {}).get("version", 0) + 1
+        self.stored = doc
+        if self.state == "isolated" and self.sensor_type == "endpoint_sensor":
+            self.enforced = doc
+        self.history.append(("policy_set", doc["version"]))
+
+    def isolate(self, strict: bool = False) -> None:
+        self.state, self.mode, self.enforced = "isolated", "strict" if strict else "standard", self.stored
+        self.history.append(("isolate", self.mode))
+
+    def release(self) -> None:
+        self.state, self.mode, self.enforced = "normal", None, None
+        self.history.append(("release", None))
+
+    def rules(self) -> list[Rule]:
+        if self.state != "isolated":
+            return []
+        return config_rules(self.config) + (policy_rules(self.enforced) if self.mode == "standard" else [])
+
+    def verdict(self, lab, p: Probe) -> str:
+        if self.state != "isolated":
+            return ALLOWED
+        if p.family == 6:
+            return BLOCKED
+        if p.src == "endpoint":
+            direction, peer = "out", lab.addr(p.dst, 4)
+        elif p.dst == "endpoint":
+            direction, peer = "in", lab.addr(p.src, 4)
+        else:
+            return BLOCKED  # forwarded through the endpoint
+        ok = any(r.allows(direction, p.proto, peer, p.port) for r in self.rules())
+        return ALLOWED if ok else BLOCKED
+
+    def expected(self, lab, probes) -> dict[Probe, str]:
+        return {p: self.verdict(lab, p) for p in probes}
+
+
+def _mentioned_rules(config: dict, policies) -> list[Rule]:
+    return config_rules(config) + [r for d in policies for r in policy_rules(d, everything=True)]
+
+
+def _unmentioned(rules) -> list[int]:
+    return [c for c in UNMENTIONED_CANDIDATES
+            if not any(a <= c <= b for r in rules for a, b in r.ports)]
+
+
+def mentioned_ports(config: dict, policies=()) -> list[int]:
+    """Ports the documents name (range ends and one past the end), plus two they don't."""
+    rules = _mentioned_rules(config, policies)
+    ports: set[int] = set()
+    for r in rules:
+        for a, b in r.ports:
+            ports |= {a, b} | ({b + 1} if a < b < 65535 else set())
+    return sorted(ports | set(_unmentioned(rules)[:2]))
+
+
+def probe_set(lab, config: dict, policies=(), families=(4, 6)) -> list[Probe]:
+    """endpoint -> each host and each host -> endpoint, tcp/udp on the mentioned ports and
+    icmp, both families; a source-port trick from peers that the endpoint may reach on a
+    port; and behind -> outside (the forward path)."""
+    rules = _mentioned_rules(config, policies)
+    ports = mentioned_ports(config, policies)
+    services = [(proto, port) for proto in ("tcp", "udp") for port in ports] + [("icmp", None)]
+    peers = [h for h, spec in lab.hosts.items() if spec.attach == "router" and h != "endpoint"]
+    probes = []
+    for fam in families:
+        for peer in peers:
+            for proto, port in services:
+                probes.append(Probe("endpoint", peer, proto, port, fam))
+                probes.append(Probe(peer, "endpoint", proto, port, fam))
+        if "behind" in lab.hosts and "outside" in lab.hosts:
+            probes += [Probe("behind", "outside", proto, port, fam) for proto, port in
+                       (("tcp", ports[0]), ("udp", ports[0]), ("icmp", None))]
+    # "An outbound flow never lets the peer connect in", also from the allowed port.
+    dport = _unmentioned(rules)[0]
+    for r in rules:
+        if r.direction != "out" or not r.ports:
+            continue
+        for peer in peers:
+            if ipaddress.ip_address(lab.addr(peer, 4)) in r.network:
+                for proto in sorted(r.protos - {"icmp"}):
+                    probes.append(Probe(peer, "endpoint", proto, dport, 4, sport=r.ports[0][0]))
+    return list(dict.fromkeys(probes))
