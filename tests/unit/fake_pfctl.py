@@ -14,7 +14,7 @@ Grammar subset (pf.conf(5), PACKET FILTERING / TABLES / ANCHORS):
          (all | from hosts [port ports] to hosts [port ports])
          [flags (F/F | any)] [(keep|modulate) state | no state]
   action = pass | block [drop|return]
-  hosts  = any | [!]address[/bits] | <table> | { host, ... }
+  hosts  = (omitted: any) | any | [!]address[/bits] | <table> | { host, ... }
   ports  = [= | != | < | <= | > | >=] port | port : port | port >< port | port <> port | { ... }
   main ruleset only: scrub-anchor, nat-anchor, rdr-anchor, dummynet-anchor, anchor "name",
   load anchor "name" from "file"
@@ -289,11 +289,11 @@ def parse_rule_line(line: str) -> list[Rule]:
         pass
     else:
         if p.accept("from"):
-            srcs = p.list_of(lambda: _host(p))
+            srcs = [Host("any")] if p.peek() == "port" else p.list_of(lambda: _host(p))
             if p.accept("port"):
                 sports = p.list_of(lambda: _port_item(p))
         if p.accept("to"):
-            dsts = p.list_of(lambda: _host(p))
+            dsts = [Host("any")] if p.peek() == "port" else p.list_of(lambda: _host(p))
             if p.accept("port"):
                 dports = p.list_of(lambda: _port_item(p))
     flags = state = None
@@ -399,13 +399,16 @@ class Out:
 class FakePfctl:
     """Call it like the backend's runner: fake(argv, stdin) -> object with rc/stdout/stderr."""
 
+    _boots = 0
+
     def __init__(self) -> None:
         self.files = {"/etc/pf.conf": STOCK_PF_CONF, "/etc/pf.anchors/com.apple": STOCK_COM_APPLE}
         self.main = Ruleset()
         self.anchors: dict[str, Ruleset] = {}
         self.enabled = False
         self.tokens: dict[str, str] = {}
-        self._next_token = 6920157183637307000
+        FakePfctl._boots += 1  # tokens differ across "boots", as the kernel's do
+        self._next_token = 6920157183637307000 + FakePfctl._boots * 1_000_003
         self.states: list[FakeState] = []
         self.calls: list[tuple[list[str], str | None]] = []
         self._load(self.files["/etc/pf.conf"], None)  # what launchd loads at boot
