@@ -80,10 +80,22 @@ def nft(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def nft_json_table(ns: str) -> list | None:
+    """`nft -j list table inet cordon` without the table's flags: nft 1.0.6 prints garbage
+    for the `persist` flag it does not know (see owner_flag for what it can show)."""
     r = nft(ns, "-j", "list", "table", "inet", "cordon", check=False)
     if r.returncode:
         return None
-    return [o for o in json.loads(r.stdout)["nftables"] if "metainfo" not in o]
+    out = [o for o in json.loads(r.stdout)["nftables"] if "metainfo" not in o]
+    for o in out:
+        if "table" in o:
+            o["table"].pop("flags", None)
+    return out
+
+
+def owner_flag(ns: str) -> bool:
+    """Does nft list the table with the owner flag?"""
+    text = nft(ns, "list", "table", "inet", "cordon").stdout
+    return any(line.split()[:2] == ["flags", "owner"] for line in text.splitlines())
 
 
 def repo_env() -> dict:
