@@ -260,3 +260,29 @@ def test_icmp_and_any_flows_survive_a_round_trip(fake, backend):
                              Flow("in", "udp", "203.0.113.9/32", (PortRange(161, 162),))), False, 9)
     backend.apply(plan)
     assert backend.read_back().enforces(plan)
+
+
+# --------------------------------------------------------------- property: round trip
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_ports = st.lists(st.tuples(st.integers(1, 65535), st.integers(0, 50)).map(
+    lambda t: PortRange(t[0], min(65535, t[0] + t[1]))), max_size=4).map(tuple)
+_flow = st.builds(
+    lambda d, proto, a, plen, ports: Flow(d, proto, str(__import__("ipaddress").ip_network(
+        f"203.0.{a >> 8}.{a & 255}/{plen}", strict=False)), ports if proto in ("tcp", "udp") else ()),
+    st.sampled_from(["out", "in"]), st.sampled_from(["tcp", "udp", "icmp", "any"]),
+    st.integers(0, 65535), st.integers(8, 32), _ports)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_flow, max_size=12), st.booleans())
+def test_any_plan_reads_back_as_itself(flows, dhcp):
+    import tempfile
+    plan = Plan("standard", tuple(flows), dhcp, 1)
+    fake = FakePfctl()
+    with tempfile.TemporaryDirectory() as d:
+        b = PfBackend(d, run=fake)
+        b.apply(plan)
+        rb = b.read_back()
+        assert rb.details["problems"] == [] and rb.enforces(plan)
