@@ -231,7 +231,7 @@ def probe(lab, src: str, dst: str, proto: str, port: int | None = None, family: 
 
 @dataclass
 class LoopReport:
-    rounds: int = 0
+    rounds: int = 0   # attempts per probe
     leaks: list = field(default_factory=list)   # (seconds, Probe, detail): a blocked flow passed
     losses: list = field(default_factory=list)  # (seconds, Probe, detail): an allowed flow failed
 
@@ -280,17 +280,31 @@ class ProbeLoop:
             elif await _control(self.lab.ctl_path(p.dst), f"SEEN {nonce}") == "YES":
                 self.report.leaks.append((t, p, "receiver got the nonce"))
 
+    async def _repeat(self, p: Probe, t0: float, should_pass: bool) -> None:
+        # A new attempt every interval, without waiting for the last one to time out:
+        # a blocked flow must not leave gaps in the watch.
+        attempts = []
+        while not self._stop.is_set():
+            attempts.append(asyncio.ensure_future(self._one(p, t0, should_pass)))
+            await asyncio.sleep(self.interval)
+        await asyncio.gather(*attempts)
+
     async def _main(self) -> None:
         t0 = time.monotonic()
-        while not self._stop.is_set():
-            started = time.monotonic()
-            await asyncio.gather(*(self._one(p, t0, True) for p in self.must_pass),
-                                 *(self._one(p, t0, False) for p in self.must_block))
-            self.report.rounds += 1
-            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+        tasks = [self._repeat(p, t0, True) for p in self.must_pass]
+        tasks += [self._repeat(p, t0, False) for p in self.must_block]
+
+        async def count_rounds():
+            while not self._stop.is_set():
+                self.report.rounds += 1
+                await asyncio.sleep(self.interval)
+        await asyncio.gather(count_rounds(), *tasks)
 
     def start(self) -> "ProbeLoop":
         self._thread.start()
+        deadline = time.monotonic() + 2
+        while self.report.rounds < 1 and time.monotonic() < deadline:
+            time.sleep(0.005)
         return self
 
     def stop(self) -> LoopReport:
