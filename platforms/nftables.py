@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import struct
+import time
 
 from agent.plan import Plan, atoms_digest
 from platforms.base import Backend, BackendError, Capabilities, ReadBack
@@ -123,13 +124,17 @@ class NftablesBackend(Backend):
         if self._events is None:
             self._events = NftSocket(self.netns, groups=w.NFNLGRP_NFTABLES)
         own = self._sock.portid if self._sock else None
-        changed = False
-        try:
-            for _, _, _, pid, _ in self._events.messages(timeout):
-                changed = changed or pid != own
-        except BackendError:  # timeout
-            return False
-        return changed
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                pids = [pid for _, _, _, pid, _ in self._events.messages(left)]
+            except BackendError:  # timed out
+                return False
+            except OSError:  # ENOBUFS: events were lost, so something changed
+                return True
+            if any(pid != own for pid in pids):
+                return True
+        return False
 
     @property
     def portid(self) -> int:

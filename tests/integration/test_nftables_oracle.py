@@ -1,0 +1,198 @@
+"""`nft` as an independent oracle for what the backend installs through netlink, and the
+rendered text (`cordon rules --backend nftables`) loaded by `nft -f` in a namespace."""
+from __future__ import annotations
+
+import ipaddress
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+
+from agent.plan import Flow, Plan, PortRange
+from platforms.nftables import NftablesBackend
+from tests.integration.nft_fixtures import bare_namespace
+from tests.integration.nft_plans import base_flows, nft, nft_json_table, plan_a, plan_b
+
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root and network namespaces")]
+
+PROTO = {"tcp": 6, "udp": 17, "icmp": 1}
+
+
+def overlap_plan() -> Plan:
+    return Plan("standard", tuple(base_flows() + [
+        Flow("out", "tcp", "203.0.113.0/24", (PortRange(443, 443),)),
+        Flow("out", "tcp", "203.0.113.7/32", (PortRange(443, 443), PortRange(22, 22))),
+        Flow("in", "any", "192.0.2.0/28"), Flow("in", "icmp", "192.0.2.1/32"),
+    ]), dhcp=False)
+
+
+def strict_empty_plan() -> Plan:
+    return Plan("strict", (), dhcp=False)
+
+
+def _range(v, parse=int):
+    if isinstance(v, dict) and "range" in v:
+        return parse(v["range"][0]), parse(v["range"][1])
+    if isinstance(v, dict) and "prefix" in v:
+        net = ipaddress.ip_network(f"{v['prefix']['addr']}/{v['prefix']['len']}")
+        return int(net.network_address), int(net.broadcast_address)
+    return parse(v), parse(v)
+
+
+def _ip(v) -> int:
+    return int(ipaddress.IPv4Address(v))
+
+
+def _proto(v) -> int:
+    return PROTO[v] if isinstance(v, str) else int(v)
+
+
+def nft_sets(ns: str) -> dict:
+    """Set name -> set of numeric (addr range, proto range[, port range]) as nft shows them."""
+    out = {}
+    for o in nft_json_table(ns):
+        if "set" not in o:
+            continue
+        elems = set()
+        for e in o["set"].get("elem", []):
+            parts = e["concat"] if isinstance(e, dict) and "concat" in e else e["elem"]["val"]["concat"]
+            parsed = [_range(parts[0], _ip), _range(parts[1], _proto)]
+            parsed += [_range(p) for p in parts[2:]]
+            elems.add(tuple(parsed))
+        out[o["set"]["name"]] = elems
+    return out
+
+
+def expected_sets(plan: Plan) -> dict:
+    """Straight from the flows; valid for plans without overlapping flows."""
+    out = {n: set() for n in ("out_l4", "out_l3", "in_l4", "in_l3")}
+    for f in plan.flows:
+        net = f.ip_network
+        a = (int(net.network_address), int(net.broadcast_address))
+        if f.protocol in ("tcp", "udp"):
+            for p in f.ports or (PortRange(1, 65535),):
+                ports = (p.first, p.last) if f.ports else (0, 65535)
+                out[f"{f.direction}_l4"].add((a, (PROTO[f.protocol],) * 2, ports))
+        else:
+            proto = (1, 1) if f.protocol == "icmp" else (0, 255)
+            out[f"{f.direction}_l3"].add((a, proto))
+    return out
+
+
+def test_nft_sees_what_the_plan_allows():
+    plan = plan_b(extra=30)
+    with bare_namespace() as ns:
+        backend = NftablesBackend(netns=ns)
+        try:
+            backend.apply(plan)
+            objs = nft_json_table(ns)
+            chains = {o["chain"]["name"]: o["chain"] for o in objs if "chain" in o}
+            assert set(chains) == {"input", "output", "forward"}
+            for name, c in chains.items():
+                assert (c["type"], c["hook"], c["prio"], c["policy"]) == ("filter", name, 0, "drop")
+            assert nft_sets(ns) == expected_sets(plan)
+            text = nft(ns, "list", "table", "inet", "cordon").stdout
+            assert "established" not in text
+            sport_rules = [line.strip() for line in text.splitlines() if "sport" in line]
+            assert sport_rules == []  # plan_b has no DHCP
+            assert 'iif "lo" accept' in text and 'oif "lo" accept' in text
+            assert "meta nfproto ipv6 drop" in text
+        finally:
+            backend.clear()
+            backend.close()
+
+
+def _strip_handles(objs):
+    if isinstance(objs, dict):
+        return {k: _strip_handles(v) for k, v in objs.items() if k != "handle"}
+    if isinstance(objs, list):
+        return [_strip_handles(v) for v in objs]
+    return objs
+
+
+@pytest.mark.parametrize("make_plan", [plan_a, lambda: plan_b(extra=40), overlap_plan,
+                                       strict_empty_plan], ids=["a", "b40", "overlap", "empty"])
+def test_render_loads_with_nft_and_equals_what_apply_installs(make_plan, tmp_path):
+    plan = make_plan()
+    backend = NftablesBackend()
+    path = tmp_path / "cordon.nft"
+    path.write_text(backend.render(plan))
+    with bare_namespace() as via_netlink, bare_namespace() as via_nft:
+        b = NftablesBackend(netns=via_netlink)
+        try:
+            b.apply(plan)
+            for _ in range(2):  # loading the file again replaces the table
+                nft(via_nft, "-f", str(path))
+            applied, loaded = nft_json_table(via_netlink), nft_json_table(via_nft)
+            assert _strip_handles(applied) == _strip_handles(loaded)
+            # And the netlink read-back of the nft-loaded table sees this plan (a plan with
+            # overlaps reads back merged, so only its rules and shape can be compared).
+            reader = NftablesBackend(netns=via_nft)
+            rb = reader.read_back()
+            reader.close()
+            assert rb.details["problems"] == []
+            if make_plan is not overlap_plan:
+                assert rb.digest == plan.digest()
+        finally:
+            b.clear()
+            b.close()
+
+
+def test_read_back_reports_changes_and_apply_repairs_them():
+    plan = plan_a()
+    with bare_namespace() as ns:
+        first = NftablesBackend(netns=ns)
+        first.apply(plan)
+        first.close()  # orphaned: persist keeps it, root may now edit it
+        nft(ns, "add", "element", "inet", "cordon", "out_l4", "{ 203.0.113.99 . tcp . 22 }")
+        second = NftablesBackend(netns=ns)
+        try:
+            rb = second.read_back()
+            assert rb.present and rb.digest is not None and not rb.enforces(plan)
+            nft(ns, "add", "rule", "inet", "cordon", "input", "accept")
+            rb = second.read_back()
+            assert rb.digest is None and rb.details["problems"]
+            second.apply(plan)
+            assert second.read_back().enforces(plan)
+            assert "203.0.113.99" not in nft(ns, "list", "table", "inet", "cordon").stdout
+            assert nft_sets(ns) == expected_sets(plan)
+        finally:
+            second.clear()
+            second.close()
+        assert nft_json_table(ns) is None
+
+
+def test_wait_for_change_sees_other_processes_only():
+    with bare_namespace() as ns:
+        backend = NftablesBackend(netns=ns)
+        try:
+            backend.apply(plan_a())
+            assert backend.wait_for_change(0.2) is False
+            backend.apply(plan_b())
+            assert backend.wait_for_change(0.3) is False  # our own change
+            timer = threading.Timer(0.2, lambda: nft(ns, "add", "table", "inet", "other"))
+            timer.start()
+            t0 = time.monotonic()
+            assert backend.wait_for_change(5.0) is True
+            assert time.monotonic() - t0 < 2.0
+            timer.join()
+        finally:
+            backend.clear()
+            backend.close()
+
+
+def test_clear_is_idempotent_and_leaves_nothing():
+    with bare_namespace() as ns:
+        backend = NftablesBackend(netns=ns)
+        try:
+            backend.clear()
+            backend.apply(plan_a())
+            backend.clear()
+            backend.clear()
+            assert nft_json_table(ns) is None
+            assert not backend.read_back().present
+        finally:
+            backend.close()
