@@ -266,6 +266,9 @@ class Lab:
         return netns.run_in(self.ns(host), *argv, check=check, timeout=timeout)
 
     def close(self) -> None:
+        if self._old_handlers:  # a second Ctrl-C must not cut the teardown short
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                self._old_handlers.setdefault(sig, signal.signal(sig, signal.SIG_IGN))
         try:
             for p in [*self._responders.values(), *self._extra]:
                 with contextlib.suppress(ProcessLookupError):
