@@ -3,8 +3,8 @@
 Shape (the same for every plan; only set elements and the DHCP rules change):
 
   table inet cordon
-    set out_l4 / in_l4   ipv4_addr . inet_proto . inet_service   tcp/udp flows
-    set out_l3 / in_l3   ipv4_addr . inet_proto                   icmp (1) and any (0-255)
+    set out_l4_a / in_l4_a   ipv4_addr . inet_proto . inet_service   tcp/udp flows
+    set out_l3_a / in_l3_a   ipv4_addr . inet_proto               icmp (1) and any (0-255)
     chain input / output / forward   filter hooks, priority 0 (after conntrack), policy drop
 
 An original-direction packet must match the set of its direction with its own header;
@@ -20,6 +20,8 @@ icmp/any flows travel in the reply direction and are covered by the reply rules.
 from __future__ import annotations
 
 import ipaddress
+import socket
+import struct
 from dataclasses import dataclass
 
 from agent.plan import DHCP_CLIENT_PORT, DHCP_SERVER_PORT, Plan
@@ -31,6 +33,13 @@ PROTO_NAME = {v: k for k, v in PROTO_NUM.items()}
 L4_FIELDS = ("ipv4_addr", "inet_proto", "inet_service")
 L3_FIELDS = ("ipv4_addr", "inet_proto")
 SET_FIELDS = {"out_l4": L4_FIELDS, "out_l3": L3_FIELDS, "in_l4": L4_FIELDS, "in_l3": L3_FIELDS}
+# Sets exist in two generations, out_l4_a / out_l4_b: an update loads the other
+# generation's sets first and then swaps the rules over to them (see nftables.py).
+GENERATIONS = ("a", "b")
+
+
+def set_name(base: str, gen: str) -> str:
+    return f"{base}_{gen}"
 CHAIN_HOOKS = {"input": "input", "output": "output", "forward": "forward"}
 
 # A set element: one inclusive (first, last) range per field of the set's key.
@@ -57,30 +66,34 @@ class Ruleset:
 
 
 def build(plan: Plan) -> Ruleset:
-    boxes: dict[str, list] = {name: [] for name in SET_FIELDS}
+    # (set name, proto key) -> boxes (addr first, addr last, b first, b last), where b is
+    # the port range in an l4 set and the protocol range in an l3 set.
+    boxes: dict[tuple[str, int], list] = {}
     for direction, proto, network, first, last in plan.atoms():
-        net = ipaddress.IPv4Network(network)
-        a = (int(net.network_address), int(net.broadcast_address))
-        if proto in ("tcp", "udp"):
-            ports = (first, last) if first else (0, 65535)
-            boxes[f"{direction}_l4"].append((PROTO_NUM[proto], a, ports))
+        a0, a1 = _net_range(network)
+        if proto == "tcp" or proto == "udp":
+            key, box = (direction + "_l4", PROTO_NUM[proto]), \
+                (a0, a1, first, last) if first else (a0, a1, 0, 65535)
         else:
-            protos = (1, 1) if proto == "icmp" else (0, 255)
-            boxes[f"{direction}_l3"].append((0, a, protos))
-    elements = {}
-    for name, items in boxes.items():
-        out = []
-        # l4: one proto per box, made disjoint per proto on (address, port);
-        # l3: made disjoint on (address, proto range).
-        for proto in sorted({p for p, _, _ in items}):
-            flat = [(a[0], a[1], b[0], b[1]) for p, a, b in items if p == proto]
-            for a0, a1, b0, b1 in disjoint(flat):
-                if name.endswith("_l4"):
-                    out.append(((a0, a1), (proto, proto), (b0, b1)))
-                else:
-                    out.append(((a0, a1), (b0, b1)))
-        elements[name] = tuple(sorted(out))
-    return Ruleset(plan.dhcp, elements)
+            key, box = (direction + "_l3", 0), (a0, a1, 1, 1) if proto == "icmp" else (a0, a1, 0, 255)
+        boxes.setdefault(key, []).append(box)
+    elements = {name: [] for name in SET_FIELDS}
+    for (name, proto), items in boxes.items():
+        if name.endswith("_l4"):
+            pr = (proto, proto)
+            elements[name] += [((a0, a1), pr, (b0, b1)) for a0, a1, b0, b1 in disjoint(items)]
+        else:
+            elements[name] += [((a0, a1), (b0, b1)) for a0, a1, b0, b1 in disjoint(items)]
+    return Ruleset(plan.dhcp, {name: tuple(sorted(items)) for name, items in elements.items()})
+
+
+def _net_range(network: str) -> tuple[int, int]:
+    """First and last address of an IPv4 CIDR (already validated by Flow); ipaddress
+    is too slow for 20,000 of them in the apply path."""
+    addr, _, plen = network.partition("/")
+    size = 1 << (32 - int(plen or 32))
+    first = struct.unpack(">I", socket.inet_aton(addr))[0] & ~(size - 1) & 0xFFFFFFFF
+    return first, first + size - 1
 
 
 def chain_rules(dhcp: bool) -> dict[str, tuple[Rule, ...]]:
@@ -158,7 +171,7 @@ _KEY_TEXT = {"ip saddr", "ip daddr", "meta l4proto", "th dport", "ct original ip
              "ct original ip daddr", "ct original protocol", "ct original proto-dst"}
 
 
-def render_text(rs: Ruleset) -> str:
+def render_text(rs: Ruleset, gen: str = "a") -> str:
     lines = [
         "# Cordon isolation ruleset. Load with `nft -f FILE` (replaces an unowned cordon table).",
         "# The agent installs this same table through netlink in one batch and adds table",
@@ -168,7 +181,7 @@ def render_text(rs: Ruleset) -> str:
         f"table inet {TABLE} {{",
     ]
     for name, fields in SET_FIELDS.items():
-        lines += [f"\tset {name} {{", f"\t\ttype {' . '.join(fields)}", "\t\tflags interval"]
+        lines += [f"\tset {set_name(name, gen)} {{", f"\t\ttype {' . '.join(fields)}", "\t\tflags interval"]
         items = rs.elements.get(name, ())
         if items:
             body = ",\n\t\t\t".join(_element_text(el) for el in items)
@@ -177,13 +190,13 @@ def render_text(rs: Ruleset) -> str:
     for chain, rules in rs.chains().items():
         lines += [f"\tchain {chain} {{",
                   f"\t\ttype filter hook {CHAIN_HOOKS[chain]} priority filter; policy drop;"]
-        lines += [f"\t\t{rule_text(r)}" for r in rules]
+        lines += [f"\t\t{rule_text(r, gen)}" for r in rules]
         lines.append("\t}")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
-def rule_text(rule: Rule) -> str:
+def rule_text(rule: Rule, gen: str = "a") -> str:
     parts = []
     for m in rule.matches:
         kind = m[0]
@@ -203,7 +216,7 @@ def rule_text(rule: Rule) -> str:
             parts.append("ct state related")
         elif kind == "lookup":
             assert all(k in _KEY_TEXT for k in m[1])
-            parts.append(f"{' . '.join(m[1])} @{m[2]}")
+            parts.append(f"{' . '.join(m[1])} @{set_name(m[2], gen)}")
         else:
             raise ValueError(f"unknown match {m!r}")
     parts.append(rule.verdict)

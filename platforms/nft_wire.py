@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from platforms.nft_render import SET_FIELDS, TABLE, Rule
+from platforms.nft_render import SET_FIELDS, TABLE, Rule, set_name
 
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
@@ -17,7 +17,7 @@ NFPROTO_INET = 1
 NFNLGRP_NFTABLES = 7
 
 MSG = {"NEWTABLE": 0, "GETTABLE": 1, "DELTABLE": 2, "NEWCHAIN": 3, "GETCHAIN": 4,
-       "NEWRULE": 6, "GETRULE": 7, "DELRULE": 8, "NEWSET": 9, "GETSET": 10,
+       "NEWRULE": 6, "GETRULE": 7, "DELRULE": 8, "NEWSET": 9, "GETSET": 10, "DELSET": 11,
        "NEWSETELEM": 12, "GETSETELEM": 13, "DELSETELEM": 14, "NEWGEN": 15}
 MSG_NAME = {v: k for k, v in MSG.items()}
 
@@ -118,16 +118,16 @@ def chain_body(name: str) -> bytes:
             + u32(NFTA_CHAIN_POLICY, NF_DROP) + s(NFTA_CHAIN_TYPE, "filter"))
 
 
-def set_body(name: str) -> bytes:
+def set_body(name: str, gen: str) -> bytes:
     fields = SET_FIELDS[name]
     key_type = 0
     for f in fields:
         key_type = key_type << 6 | DTYPE[f]
     concat = b"".join(nest(NFTA_LIST_ELEM, u32(NFTA_SET_FIELD_LEN, FIELD_LEN[f])) for f in fields)
-    return (s(NFTA_SET_TABLE, TABLE) + s(NFTA_SET_NAME, name)
+    return (s(NFTA_SET_TABLE, TABLE) + s(NFTA_SET_NAME, set_name(name, gen))
             + u32(NFTA_SET_FLAGS, SET_F_INTERVAL | SET_F_CONCAT)
             + u32(NFTA_SET_KEY_TYPE, key_type) + u32(NFTA_SET_KEY_LEN, 4 * len(fields))
-            + u32(NFTA_SET_ID, SET_IDS[name])
+            + u32(NFTA_SET_ID, SET_IDS[name] + (4 if gen == "b" else 0))
             + nest(NFTA_SET_DESC, nest(NFTA_SET_DESC_CONCAT, concat)))
 
 
@@ -153,31 +153,41 @@ def unpack_key(fields, data: bytes) -> tuple[int, ...]:
     return tuple(vals)
 
 
-def setelem_bodies(name: str, elements) -> list[bytes]:
+_KEY_STRUCTS = {3: struct.Struct(">IBxxxHxx"), 2: struct.Struct(">IBxxx")}
+
+
+def setelem_bodies(name: str, elements, gen: str) -> list[bytes]:
     fields = SET_FIELDS[name]
-    head = s(NFTA_SET_ELEM_LIST_TABLE, TABLE) + s(NFTA_SET_ELEM_LIST_SET, name)
-    encoded = []
-    for el in elements:
-        start = pack_key(fields, [r[0] for r in el])
-        end = pack_key(fields, [r[1] for r in el])
-        encoded.append(nest(NFTA_LIST_ELEM,
-                            nest(NFTA_SET_ELEM_KEY, attr(NFTA_DATA_VALUE, start)),
-                            nest(NFTA_SET_ELEM_KEY_END, attr(NFTA_DATA_VALUE, end))))
+    head = set_ref_body(name, gen)
+    key = _KEY_STRUCTS[len(fields)]
+    klen = 4 + key.size  # NFTA_DATA_VALUE attribute
+    # Attribute headers are host order, key values network order: pack them apart,
+    # once per element, since a 10,000-exception plan has 20,000 of these.
+    elem_h = struct.pack("=HH", 4 + 2 * (4 + klen), NFTA_LIST_ELEM | NLA_F_NESTED)
+    start_h = struct.pack("=HHHH", 4 + klen, NFTA_SET_ELEM_KEY | NLA_F_NESTED, klen, NFTA_DATA_VALUE)
+    end_h = struct.pack("=HHHH", 4 + klen, NFTA_SET_ELEM_KEY_END | NLA_F_NESTED, klen,
+                        NFTA_DATA_VALUE)
+    encoded = [elem_h + start_h + key.pack(*(r[0] for r in el)) + end_h + key.pack(*(r[1] for r in el))
+               for el in elements]
     return [head + nest(NFTA_SET_ELEM_LIST_ELEMENTS, *encoded[i:i + ELEMENTS_PER_MSG])
             for i in range(0, len(encoded), ELEMENTS_PER_MSG)]
 
 
-def flush_set_body(name: str) -> bytes:
-    return s(NFTA_SET_ELEM_LIST_TABLE, TABLE) + s(NFTA_SET_ELEM_LIST_SET, name)
-
-
-def flush_chain_body(chain: str) -> bytes:
+def chain_ref_body(chain: str) -> bytes:
     return s(NFTA_RULE_TABLE, TABLE) + s(NFTA_RULE_CHAIN, chain)
 
 
-def rule_body(chain: str, rule: Rule) -> bytes:
+def set_name_body(name: str, gen: str) -> bytes:
+    return s(NFTA_SET_TABLE, TABLE) + s(NFTA_SET_NAME, set_name(name, gen))
+
+
+def set_ref_body(name: str, gen: str) -> bytes:
+    return s(NFTA_SET_ELEM_LIST_TABLE, TABLE) + s(NFTA_SET_ELEM_LIST_SET, set_name(name, gen))
+
+
+def rule_body(chain: str, rule: Rule, gen: str) -> bytes:
     exprs = b"".join(nest(NFTA_LIST_ELEM, s(NFTA_EXPR_NAME, name),
-                          nest(NFTA_EXPR_DATA, *data)) for name, data in rule_exprs(rule))
+                          nest(NFTA_EXPR_DATA, *data)) for name, data in rule_exprs(rule, gen))
     return (s(NFTA_RULE_TABLE, TABLE) + s(NFTA_RULE_CHAIN, chain)
             + nest(NFTA_RULE_EXPRESSIONS, exprs))
 
@@ -225,7 +235,7 @@ def _key_exprs(key: str, reg: int, first: bool) -> list:
     return [_ct(ct, reg, 0)]
 
 
-def rule_exprs(rule: Rule) -> list:
+def rule_exprs(rule: Rule, gen: str) -> list:
     out = []
     for m in rule.matches:
         kind = m[0]
@@ -246,10 +256,10 @@ def rule_exprs(rule: Rule) -> list:
                                  u32(6, 0)]),  # NFT_BITWISE_BOOL, as dumped
                     _cmp(REG_1, b"\0\0\0\0", op=1)]
         elif kind == "lookup":
-            keys, set_name = m[1], m[2]
+            keys = m[1]
             for i, key in enumerate(keys):
                 out += _key_exprs(key, REG_1 if i == 0 else REG32_00 + i, i == 0)
-            out.append(("lookup", [s(1, set_name), u32(2, REG_1), u32(5, 0)]))  # flags 0: as dumped
+            out.append(("lookup", [s(1, set_name(m[2], gen)), u32(2, REG_1), u32(5, 0)]))  # flags 0: as dumped
         else:
             raise ValueError(f"unknown match {m!r}")
     code = NF_ACCEPT if rule.verdict == "accept" else NF_DROP
@@ -286,11 +296,11 @@ def _flatten(name: str, data: bytes) -> tuple:
     return tuple(sorted(out))
 
 
-def expected_signature(rule: Rule) -> tuple:
+def expected_signature(rule: Rule, gen: str) -> tuple:
     """The signature the kernel will dump for `rule`. It keeps no direction for
     `ct protocol` (the same in both directions), although nft sends one."""
     exprs = []
-    for name, data in rule_exprs(rule):
+    for name, data in rule_exprs(rule, gen):
         if name == "ct" and data[1] == u32(2, CT_KEY["protocol"]):
             data = data[:2]
         exprs.append(nest(NFTA_LIST_ELEM, s(NFTA_EXPR_NAME, name), nest(NFTA_EXPR_DATA, *data)))

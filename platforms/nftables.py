@@ -15,8 +15,8 @@ from agent.plan import Plan, atoms_digest
 from platforms.base import Backend, BackendError, Capabilities, ReadBack
 from platforms import nft_wire as w
 from platforms.nft_netlink import NetlinkFailure, NftSocket
-from platforms.nft_render import (SET_FIELDS, TABLE, atoms_from_elements, build, chain_rules,
-                                  render_text)
+from platforms.nft_render import (GENERATIONS, SET_FIELDS, TABLE, atoms_from_elements, build,
+                                  chain_rules, render_text, set_name)
 
 WANTED_FLAGS = w.TABLE_F_OWNER | w.TABLE_F_PERSIST
 FLAG_NAMES = {1: "dormant", w.TABLE_F_OWNER: "owner", w.TABLE_F_PERSIST: "persist"}
@@ -49,22 +49,51 @@ class NftablesBackend(Backend):
         return render_text(build(plan))
 
     def apply(self, plan: Plan) -> None:
+        """A first isolation is one batch that creates the table. An update is one batch
+        that swaps the rules over to sets of the other generation, loaded (unused, so
+        enforcing nothing) by a batch just before: the kernel makes a new interval
+        set's elements visible only after the rules of its commit are live, so sets
+        created in the swapping batch itself would leave a moment with empty sets."""
         ruleset = build(plan)
         sock = self._socket()
         state = self._inspect(sock)
         if state["table"] is not None and state["owner"] not in (None, sock.portid):
             raise BackendError(f"nftables table inet {TABLE} is held by another process "
                                f"(netlink port {state['owner']}); nothing was changed")
+        if state["table"] is not None and not state["shape_problems"] and \
+                state["flags"] & w.TABLE_F_PERSIST == self._table_flags & w.TABLE_F_PERSIST:
+            self._update(sock, ruleset, state["gen"])
+        else:
+            self._create(sock, ruleset, state)
+        self._plan = plan
+
+    def _create(self, sock: NftSocket, rs, state) -> None:
         try:
-            sock.batch(self._batch(ruleset, state, self._table_flags))
+            sock.batch(self._create_batch(rs, state, self._table_flags))
         except NetlinkFailure as exc:
             if not (self._table_flags and exc.code == errno.EOPNOTSUPP
                     and exc.msg_type == w.MSG["NEWTABLE"]):
                 raise
             # Kernel without `persist`: an owner-only table would vanish with the agent.
             self._table_flags = 0
-            sock.batch(self._batch(ruleset, self._inspect(sock), 0))
-        self._plan = plan
+            sock.batch(self._create_batch(rs, self._inspect(sock), 0))
+
+    def _update(self, sock: NftSocket, rs, old: str) -> None:
+        new = "b" if old == "a" else "a"
+        sock.batch([("NEWSET", w.NLM_F_CREATE, w.set_body(n, new)) for n in SET_FIELDS]
+                   + self._element_msgs(rs, new))
+        swap = [("NEWTABLE", 0, w.table_body(self._table_flags))]  # adopts an orphan
+        swap += [("DELRULE", 0, w.chain_ref_body(c)) for c in ("input", "output", "forward")]
+        swap += self._rule_msgs(rs, new)
+        swap += [("DELSET", 0, w.set_name_body(n, old)) for n in SET_FIELDS]
+        try:
+            sock.batch(swap)
+        except BackendError:
+            try:  # the loaded sets enforce nothing; do not leave them behind
+                sock.batch([("DELSET", 0, w.set_name_body(n, new)) for n in SET_FIELDS])
+            except BackendError:
+                pass  # the next apply re-creates the table (shape check)
+            raise
 
     def clear(self) -> None:
         sock = self._socket()
@@ -78,12 +107,13 @@ class NftablesBackend(Backend):
         if state["table"] is None:
             return ReadBack(False, None, {"table": None})
         problems = list(state["shape_problems"])
-        elements = {name: self._elements(sock, name) for name in SET_FIELDS
-                    if name in state["sets"]}
+        gen = state["gen"]
+        elements = {name: self._elements(sock, name, gen) for name in SET_FIELDS
+                    if set_name(name, gen) in state["sets"]}
         rules = self._rules(sock)
         dhcp = None
         for candidate in (True, False):
-            expected = {c: [w.expected_signature(r) for r in rs]
+            expected = {c: [w.expected_signature(r, gen) for r in rs]
                         for c, rs in chain_rules(candidate).items()}
             if all(rules.get(c, []) == sigs for c, sigs in expected.items()):
                 dhcp = candidate
@@ -97,6 +127,7 @@ class NftablesBackend(Backend):
             "orphaned": state["owner"] is None,
             "elements": {name: len(items) for name, items in elements.items()},
             "rules": {c: len(r) for c, r in rules.items()},
+            "set_generation": gen,
             "problems": problems,
         }
         if problems:
@@ -151,33 +182,30 @@ class NftablesBackend(Backend):
                 raise BackendError(f"cannot open a netfilter netlink socket: {exc}") from exc
         return self._sock
 
-    def _batch(self, rs, state, flags: int) -> list:
-        reuse = (state["table"] is not None and not state["shape_problems"]
-                 and state["flags"] & w.TABLE_F_PERSIST == flags & w.TABLE_F_PERSIST)
+    def _create_batch(self, rs, state, flags: int) -> list:
         msgs = []
-        if reuse:
-            # Same table and shape: assert ownership (adopts an orphan), flush, refill.
-            msgs.append(("NEWTABLE", 0, w.table_body(flags)))
-            msgs += [("DELRULE", 0, w.flush_chain_body(c)) for c in ("input", "output", "forward")]
-            msgs += [("DELSETELEM", 0, w.flush_set_body(n)) for n in SET_FIELDS]
-        else:
-            if state["table"] is not None:
-                msgs.append(("DELTABLE", 0, w.table_body()))
-            msgs.append(("NEWTABLE", w.NLM_F_CREATE, w.table_body(flags)))
-            msgs += [("NEWCHAIN", w.NLM_F_CREATE, w.chain_body(c))
-                     for c in ("input", "output", "forward")]
-            msgs += [("NEWSET", w.NLM_F_CREATE, w.set_body(n)) for n in SET_FIELDS]
-        for name, items in rs.elements.items():
-            msgs += [("NEWSETELEM", w.NLM_F_CREATE, b) for b in w.setelem_bodies(name, items)]
-        for chain, rules in rs.chains().items():
-            msgs += [("NEWRULE", w.NLM_F_CREATE | w.NLM_F_APPEND, w.rule_body(chain, r))
-                     for r in rules]
-        return msgs
+        if state["table"] is not None:  # not the shape Cordon installs: replace it
+            msgs.append(("DELTABLE", 0, w.table_body()))
+        msgs.append(("NEWTABLE", w.NLM_F_CREATE, w.table_body(flags)))
+        msgs += [("NEWCHAIN", w.NLM_F_CREATE, w.chain_body(c)) for c in ("input", "output", "forward")]
+        msgs += [("NEWSET", w.NLM_F_CREATE, w.set_body(n, "a")) for n in SET_FIELDS]
+        return msgs + self._element_msgs(rs, "a") + self._rule_msgs(rs, "a")
+
+    @staticmethod
+    def _element_msgs(rs, gen: str) -> list:
+        return [("NEWSETELEM", w.NLM_F_CREATE, body) for name, items in rs.elements.items()
+                for body in w.setelem_bodies(name, items, gen)]
+
+    @staticmethod
+    def _rule_msgs(rs, gen: str) -> list:
+        return [("NEWRULE", w.NLM_F_CREATE | w.NLM_F_APPEND, w.rule_body(chain, r, gen))
+                for chain, rules in rs.chains().items() for r in rules]
 
     def _inspect(self, sock: NftSocket) -> dict:
         raw = sock.get("GETTABLE", w.table_body())
         if raw is None:
-            return {"table": None, "flags": 0, "owner": None, "sets": {}, "shape_problems": []}
+            return {"table": None, "flags": 0, "owner": None, "sets": {}, "gen": None,
+                    "shape_problems": []}
         t = w.attr_map(raw)
         flags = w.be32(t.get(w.NFTA_TABLE_FLAGS, b"\0\0\0\0"))
         owner = w.be32(t[w.NFTA_TABLE_OWNER]) if flags & w.TABLE_F_OWNER and \
@@ -204,17 +232,18 @@ class NftablesBackend(Backend):
             if w.cstr(a.get(w.NFTA_SET_TABLE, b"")) == TABLE:
                 sets[w.cstr(a[w.NFTA_SET_NAME])] = (w.be32(a[w.NFTA_SET_KEY_TYPE]),
                                                      w.be32(a[w.NFTA_SET_FLAGS]))
-        expected_sets = {n: (w.be32(w.attr_map(w.set_body(n))[w.NFTA_SET_KEY_TYPE]),
-                             w.SET_F_INTERVAL | w.SET_F_CONCAT) for n in SET_FIELDS}
+        gen = next((g for g in GENERATIONS if set_name("out_l4", g) in sets), "a")
+        expected_sets = {set_name(n, gen): (w.be32(w.attr_map(w.set_body(n, gen))[w.NFTA_SET_KEY_TYPE]),
+                                            w.SET_F_INTERVAL | w.SET_F_CONCAT) for n in SET_FIELDS}
         if sets != expected_sets:
             problems.append(f"sets {sorted(sets)} differ from what Cordon installs")
-        return {"table": TABLE, "flags": flags, "owner": owner, "sets": sets,
+        return {"table": TABLE, "flags": flags, "owner": owner, "sets": sets, "gen": gen,
                 "shape_problems": problems}
 
-    def _elements(self, sock: NftSocket, name: str) -> tuple:
+    def _elements(self, sock: NftSocket, name: str, gen: str) -> tuple:
         fields = SET_FIELDS[name]
         out = []
-        for payload in sock.dump("GETSETELEM", w.flush_set_body(name)):
+        for payload in sock.dump("GETSETELEM", w.set_ref_body(name, gen)):
             a = w.attr_map(payload)
             for _, elem in w.parse_attrs(a.get(w.NFTA_SET_ELEM_LIST_ELEMENTS, b"")):
                 e = w.attr_map(elem)

@@ -62,7 +62,9 @@ def nft_sets(ns: str) -> dict:
             parsed = [_range(parts[0], _ip), _range(parts[1], _proto)]
             parsed += [_range(p) for p in parts[2:]]
             elems.add(tuple(parsed))
-        out[o["set"]["name"]] = elems
+        base, _, gen = o["set"]["name"].rpartition("_")  # out_l4_a: generation a
+        assert gen in ("a", "b") and base not in out
+        out[base] = elems
     return out
 
 
@@ -87,7 +89,8 @@ def test_nft_sees_what_the_plan_allows():
     with bare_namespace() as ns:
         backend = NftablesBackend(netns=ns)
         try:
-            backend.apply(plan)
+            backend.apply(plan_a())
+            backend.apply(plan)  # an update: what is left must be exactly plan's
             objs = nft_json_table(ns)
             chains = {o["chain"]["name"]: o["chain"] for o in objs if "chain" in o}
             assert set(chains) == {"input", "output", "forward"}
@@ -147,7 +150,7 @@ def test_read_back_reports_changes_and_apply_repairs_them():
         first = NftablesBackend(netns=ns)
         first.apply(plan)
         first.close()  # orphaned: persist keeps it, root may now edit it
-        nft(ns, "add", "element", "inet", "cordon", "out_l4", "{ 203.0.113.99 . tcp . 22 }")
+        nft(ns, "add", "element", "inet", "cordon", "out_l4_a", "{ 203.0.113.99 . tcp . 22 }")
         second = NftablesBackend(netns=ns)
         try:
             rb = second.read_back()
