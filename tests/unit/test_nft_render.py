@@ -1,0 +1,106 @@
+"""Pure parts of the nftables backend: making boxes disjoint, plan -> set elements,
+nft text, and the netlink encoding of set elements. No root needed."""
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+from hypothesis import given, settings, strategies as st
+
+from agent.plan import Flow, Plan, PortRange
+from platforms import nft_wire as w
+from platforms.nft_boxes import disjoint
+from platforms.nft_render import atoms_from_elements, build, render_text
+from platforms.nftables import NftablesBackend
+
+box = st.tuples(st.integers(0, 15), st.integers(0, 15), st.integers(0, 15), st.integers(0, 15)) \
+    .map(lambda t: (min(t[0], t[1]), max(t[0], t[1]), min(t[2], t[3]), max(t[2], t[3])))
+
+
+def points(boxes) -> set:
+    return {(a, b) for a0, a1, b0, b1 in boxes for a in range(a0, a1 + 1) for b in range(b0, b1 + 1)}
+
+
+@settings(max_examples=300)
+@given(st.lists(box, max_size=8))
+def test_disjoint_keeps_the_union_and_removes_every_overlap(boxes):
+    out = disjoint(boxes)
+    assert points(out) == points(boxes)
+    assert sum(len(points([b])) for b in out) == len(points(out))  # no point twice
+
+
+@given(st.lists(st.integers(0, 50), unique=True, max_size=10))
+def test_disjoint_leaves_non_overlapping_boxes_alone(starts):
+    boxes = [(10 * s, 10 * s + 9, s, s + 3) for s in starts]
+    assert disjoint(boxes) == sorted(boxes)
+
+
+def _ip(text: str) -> int:
+    return int(ipaddress.IPv4Address(text))
+
+
+def test_plan_becomes_set_elements():
+    plan = Plan("standard", (
+        Flow("out", "tcp", "198.51.100.10/32", (PortRange(443, 443),), "vendor"),
+        Flow("out", "udp", "192.0.2.53/32", (PortRange(53, 53),), "dns"),
+        Flow("out", "tcp", "203.0.113.0/24", ()),
+        Flow("in", "tcp", "203.0.113.5/32", (PortRange(3389, 3389), PortRange(5000, 5010))),
+        Flow("in", "icmp", "203.0.113.5/32"),
+        Flow("out", "any", "203.0.113.20/32"),
+    ), dhcp=True)
+    els = build(plan).elements
+    assert set(els["out_l4"]) == {
+        ((_ip("198.51.100.10"),) * 2, (6, 6), (443, 443)),
+        ((_ip("192.0.2.53"),) * 2, (17, 17), (53, 53)),
+        ((_ip("203.0.113.0"), _ip("203.0.113.255")), (6, 6), (0, 65535)),
+    }
+    assert set(els["in_l4"]) == {((_ip("203.0.113.5"),) * 2, (6, 6), (3389, 3389)),
+                                 ((_ip("203.0.113.5"),) * 2, (6, 6), (5000, 5010))}
+    assert els["in_l3"] == (((_ip("203.0.113.5"),) * 2, (1, 1)),)
+    assert els["out_l3"] == (((_ip("203.0.113.20"),) * 2, (0, 255)),)
+    assert atoms_from_elements(els) == plan.atoms()
+
+
+def test_a_32_inside_a_24_on_the_same_port_is_merged():
+    plan = Plan("standard", (Flow("out", "tcp", "203.0.113.0/24", (PortRange(443, 443),)),
+                             Flow("out", "tcp", "203.0.113.7/32", (PortRange(443, 443),))))
+    assert build(plan).elements["out_l4"] == (
+        ((_ip("203.0.113.0"), _ip("203.0.113.255")), (6, 6), (443, 443)),)
+
+
+def test_any_protocol_covers_icmp_to_the_same_peer():
+    plan = Plan("standard", (Flow("in", "any", "192.0.2.0/28"), Flow("in", "icmp", "192.0.2.1/32")))
+    assert build(plan).elements["in_l3"] == (((_ip("192.0.2.0"), _ip("192.0.2.15")), (0, 255)),)
+
+
+def test_rendered_text_has_no_blanket_or_source_port_accepts():
+    plan = Plan("standard", (Flow("out", "tcp", "198.51.100.10/32", (PortRange(443, 443),)),),
+                dhcp=False)
+    text = NftablesBackend().render(plan)
+    assert text.count("policy drop;") == 3
+    assert "established" not in text and "sport" not in text
+    assert "198.51.100.10 . 6 . 443" in text
+    with_dhcp = render_text(build(Plan("standard", (), dhcp=True)))
+    assert "udp sport 68 udp dport 67 accept" in with_dhcp
+    assert "udp sport 67 udp dport 68 accept" in with_dhcp
+
+
+def test_set_elements_encode_start_and_end_keys_in_network_order():
+    el = (((_ip("203.0.113.0"), _ip("203.0.113.255")), (6, 6), (1000, 2000)),)
+    body = w.setelem_bodies("out_l4", el, "a")[0]
+    attrs = w.attr_map(body)
+    assert w.cstr(attrs[w.NFTA_SET_ELEM_LIST_SET]) == "out_l4_a"
+    (_, elem), = w.parse_attrs(attrs[w.NFTA_SET_ELEM_LIST_ELEMENTS])
+    e = w.attr_map(elem)
+    start = w.attr_map(e[w.NFTA_SET_ELEM_KEY])[w.NFTA_DATA_VALUE]
+    end = w.attr_map(e[w.NFTA_SET_ELEM_KEY_END])[w.NFTA_DATA_VALUE]
+    assert start == bytes([203, 0, 113, 0, 6, 0, 0, 0]) + struct.pack(">H", 1000) + b"\0\0"
+    assert end == bytes([203, 0, 113, 255, 6, 0, 0, 0]) + struct.pack(">H", 2000) + b"\0\0"
+
+
+def test_big_sets_are_split_below_the_64k_attribute_limit():
+    els = tuple(((i, i), (6, 6), (80, 80)) for i in range(5000))
+    bodies = w.setelem_bodies("out_l4", els, "b")
+    assert len(bodies) == 5
+    for body in bodies:
+        assert len(w.attr_map(body)[w.NFTA_SET_ELEM_LIST_ELEMENTS]) < 65535
