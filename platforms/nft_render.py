@@ -109,25 +109,27 @@ def chain_rules(dhcp: bool) -> dict[str, tuple[Rule, ...]]:
 def _host_chain(lo_key, dhcp, orig, reply, dhcp_ports) -> tuple[Rule, ...]:
     orig_addr, orig_dir = orig
     reply_addr, reply_dir = reply
-    rules = [Rule((("meta", lo_key, 1),), "accept"),  # lo is ifindex 1 in every netns
-             Rule((("meta", "nfproto", 10),), "drop")]  # all IPv6
-    if dhcp:
-        rules.append(Rule((("udp_ports",) + dhcp_ports,), "accept"))
-    rules += [
-        Rule((("ct_direction", 0),
-              ("lookup", (orig_addr, "meta l4proto", "th dport"), f"{orig_dir}_l4")), "accept"),
-        Rule((("ct_direction", 0),
-              ("lookup", (orig_addr, "meta l4proto"), f"{orig_dir}_l3")), "accept"),
-    ]
     l4_reply = (reply_addr, "ct original protocol", "ct original proto-dst")
+    # Bulk traffic (tcp/udp of allowed flows) matches in the first three rules; every
+    # rule before the IPv6 drop only accepts IPv4 (ip/ct ip keys need IPv4), so the
+    # order changes nothing but the cost per packet.
+    rules = [Rule((("ct_direction", 0),
+                   ("lookup", (orig_addr, "meta l4proto", "th dport"), f"{orig_dir}_l4")), "accept")]
     # The packet's protocol is matched only so that nft can type proto-dst; the reply
     # of a tcp/udp flow always has the flow's protocol.
     for proto in (6, 17):
         rules.append(Rule((("ct_direction", 1), ("meta", "l4proto", proto),
                            ("lookup", l4_reply, f"{reply_dir}_l4")), "accept"))
-    rules.append(Rule((("ct_direction", 1),
-                       ("lookup", (reply_addr, "ct original protocol"), f"{reply_dir}_l3")),
-                      "accept"))
+    rules += [Rule((("meta", lo_key, 1),), "accept"),  # lo is ifindex 1 in every netns
+              Rule((("meta", "nfproto", 10),), "drop")]  # all other IPv6
+    if dhcp:
+        rules.append(Rule((("udp_ports",) + dhcp_ports,), "accept"))
+    rules += [
+        Rule((("ct_direction", 0),
+              ("lookup", (orig_addr, "meta l4proto"), f"{orig_dir}_l3")), "accept"),
+        Rule((("ct_direction", 1),
+              ("lookup", (reply_addr, "ct original protocol"), f"{reply_dir}_l3")), "accept"),
+    ]
     for addr, d in (("ct original ip daddr", "out"), ("ct original ip saddr", "in")):
         rules.append(Rule((("ct_related",), ("meta", "l4proto", 1),
                            ("lookup", (addr, "ct original protocol", "ct original proto-dst"),
