@@ -51,6 +51,7 @@ def _print_status(st: dict, *, live: bool) -> None:
             ("backend", be.get("name")),
             ("enforcing", "yes (read back from the firewall)" if be.get("enforcing") else "NO: rules in force differ from the plan"),
             ("survives agent exit", "yes" if be.get("survives_agent_exit") else "no: enforcement depends on the live agent"),
+            *[("backend problem", p) for p in (be.get("details") or {}).get("problems", [])],
             ("agent", f"pid {ag.get('pid')}, version {ag.get('version')}, up {ag.get('uptime_s')} s"),
         ]
     else:

@@ -16,23 +16,9 @@ from agent import client
 from agent.errors import NotPermitted
 from tests.harness.demo import POLICY_V1
 from tests.harness.lab import REPO_ROOT
+from tests.users import NOBODY, as_user
 
 pytestmark = pytest.mark.root
-NOBODY = 65534
-
-
-def as_user(uid: int, fn) -> int:
-    """fn() in a forked child running as `uid`; its return value is the exit status."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setgroups([])
-            os.setresgid(uid, uid, uid)
-            os.setresuid(uid, uid, uid)
-            os._exit(fn())
-        except BaseException:
-            os._exit(99)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 def open_path_for_others(path: str) -> None:

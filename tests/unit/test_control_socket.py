@@ -17,6 +17,7 @@ from agent.log import null_logger
 from agent.server import ControlServer
 from agent.store import Store
 from tests.unit.memory_backend import MemoryBackend
+from tests.users import NOBODY, as_user
 
 POLICY = {"version": 2, "enabled": True, "outbound": [{"protocol": "tcp", "address": "203.0.113.20", "ports": "any"}]}
 
@@ -51,20 +52,6 @@ def raw(path, data: bytes, shut=True) -> dict:
     finally:
         s.close()
     return json.loads(buf)
-
-
-def as_user(uid, fn) -> int:
-    """Run fn() in a forked child with another uid; return its exit status."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setgroups([])
-            os.setresgid(uid, uid, uid)
-            os.setresuid(uid, uid, uid)
-            os._exit(fn())
-        except BaseException:
-            os._exit(99)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 def test_round_trip(agent):
@@ -152,7 +139,7 @@ def test_non_root_may_read_but_not_change(agent, cmd, args):
             return 4
         return 0
 
-    assert as_user(65534, attempt) == 4
+    assert as_user(NOBODY, attempt) == 4
     assert backend.installed is None and engine.state.stored_policy is None
 
 
