@@ -9,8 +9,9 @@ from pathlib import Path
 
 from agent import client
 from agent.config import Config, config_path, load_config
-from agent.errors import EXIT_OK, AgentNotRunning, CordonError, FieldError, InvalidInput
+from agent.errors import EXIT_FAILURE, EXIT_OK, AgentNotRunning, CordonError, FieldError, InvalidInput
 from agent.policy import MAX_POLICY_BYTES, parse_json, validate_policy
+from platforms.base import BackendError
 
 
 def _read_policy_file(path: str) -> dict:
@@ -219,6 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     except CordonError as exc:
         print(f"cordon: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BackendError as exc:  # e.g. a backend that cannot run here, or a firewall refusal
+        print(f"cordon: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as exc:  # e.g. the control socket or state dir cannot be created
+        print(f"cordon: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
 

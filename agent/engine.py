@@ -18,7 +18,7 @@ from agent.errors import ApplyFailed, FieldError, InvalidInput
 from agent.plan import Mode, Plan
 from agent.policy import validate_policy
 from agent.store import AgentState, StateCorrupt, Store, now_iso
-from platforms.base import Backend, BackendError
+from platforms.base import Backend, BackendError, BackendUnavailable
 
 MAX_REASON = 256
 
@@ -180,6 +180,8 @@ class Engine:
             else:
                 self.backend.apply(plan)
             seen = self.backend.read_back()
+        except BackendUnavailable:
+            raise  # not a refused change: this backend cannot run here at all
         except BackendError as exc:
             self.log.error("apply_failed", error=str(exc), state=self.state.state, mode=self.state.mode)
             raise ApplyFailed(f"the firewall refused the change: {exc}; the agent keeps retrying") from exc

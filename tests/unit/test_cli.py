@@ -75,3 +75,12 @@ def test_bad_config_exits_2_naming_the_key(tmp_path, capsys):
     cfg.write_text('sensor_typo = "x"\n[vendor]\nendpoints = [{ address = "198.51.100.10", protocol = "tcp", ports = "443" }]\n')
     assert main(["status", "--config", str(cfg)]) == 2
     assert "sensor_typo" in capsys.readouterr().err
+
+
+def test_unavailable_backend_is_a_clear_failure(tmp_path, capsys):
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'backend = "pf"\nstate_dir = "{tmp_path}/state"\ncontrol_socket = "{tmp_path}/c.sock"\n'
+                   '[vendor]\nendpoints = [{ address = "198.51.100.10", protocol = "tcp", ports = "443" }]\n')
+    assert main(["run", "--config", str(cfg)]) == 1  # pfctl does not exist on Linux
+    assert "pf" in capsys.readouterr().err
+    assert not (tmp_path / "state" / "state.json").exists() and not (tmp_path / "c.sock").exists()
