@@ -84,6 +84,7 @@ class _Handler(socketserver.BaseRequestHandler):
 
 class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    request_queue_size = 64  # the default 5 refuses (EAGAIN) a burst of local clients
 
     def __init__(self, path: str, engine, log) -> None:
         self.engine = engine
