@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from agent import client
 from agent.config import Config, config_path, load_config
@@ -79,11 +78,8 @@ def cmd_status(args) -> int:
         except (StateCorrupt, OSError) as err:
             print(f"cordon: {exc}; persisted state unreadable: {err}", file=sys.stderr)
             return exc.exit_code
-        st = {"state": s.state, "mode": s.mode, "since": s.since, "reason": s.reason,
-              "sensor_type": config.sensor_type,
-              "policy": {"stored_version": s.stored_policy.version if s.stored_policy else None,
-                         "enforced_version": None},
-              "backend": None, "agent": None}
+        from agent.engine import state_view
+        st = {**state_view(s, config.sensor_type), "backend": None, "agent": None}
         if args.json:
             _print_json(st)
         else:

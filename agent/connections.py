@@ -13,11 +13,11 @@ _PROTO = {socket.SOCK_STREAM: "tcp", socket.SOCK_DGRAM: "udp"}
 
 
 def _allowed(plan: Plan, proto: str, local_port: int, remote_ip, remote_port: int) -> bool:
-    for direction, p, network, first, last in plan.atoms():
-        if p not in (proto, "any") or remote_ip not in ipaddress.ip_network(network):
+    for f in plan.flows:
+        if f.protocol not in (proto, "any") or remote_ip not in f.ip_network:
             continue
-        port = remote_port if direction == "out" else local_port
-        if first == 0 or first <= port <= last:
+        port = remote_port if f.direction == "out" else local_port
+        if not f.ports or any(r.first <= port <= r.last for r in f.ports):
             return True
     return False
 

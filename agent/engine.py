@@ -18,7 +18,7 @@ from agent.errors import ApplyFailed, FieldError, InvalidInput
 from agent.plan import Mode, Plan
 from agent.policy import validate_policy
 from agent.store import AgentState, StateCorrupt, Store, now_iso
-from platforms.base import Backend, BackendError, BackendUnavailable
+from platforms.base import Backend, BackendError, BackendUnavailable, ReadBack
 
 MAX_REASON = 256
 
@@ -29,6 +29,25 @@ def check_reason(reason: str | None) -> str | None:
     if not isinstance(reason, str) or len(reason) > MAX_REASON or not reason.isprintable():
         raise InvalidInput(FieldError("reason", f"must be printable text of at most {MAX_REASON} characters"))
     return reason
+
+
+def state_view(s: AgentState, sensor_type: str) -> dict:
+    """The persisted part of `status` (also shown by the CLI while the agent is down)."""
+    latched = s.isolation_policy.version if s.isolation_policy else None
+    return {
+        "state": s.state,
+        "mode": s.mode,
+        "since": s.since,
+        "reason": s.reason,
+        "sensor_type": sensor_type,
+        "policy": {
+            "stored_version": s.stored_policy.version if s.stored_policy else None,
+            "enforced_version": None,  # only the live agent can tell, from a read-back
+            "pending_version": (s.stored_policy.version if s.state == "isolated" and s.stored_policy
+                                and s.stored_version != (latched or 0) else None),
+            "enabled": s.stored_policy.enabled if s.stored_policy else False,
+        },
+    }
 
 
 class Engine:
@@ -55,7 +74,7 @@ class Engine:
                                         reason=f"fail-closed: {exc}")
                 self.store.save(self.state)
                 self.log.error("state_corrupt", error=str(exc), kept_as=str(aside), action="isolated strict")
-            ms = self._enforce()
+            ms, _ = self._enforce()
             self.log.info("state_restored", state=self.state.state, mode=self.state.mode,
                           enforced_version=self._enforced_version(), apply_ms=ms)
 
@@ -69,13 +88,13 @@ class Engine:
                 "since": was.since if was.state == "isolated" else now_iso(),
                 "isolation_policy": was.stored_policy,  # latest stored policy, both sensor types
             }))
-            ms = self._enforce()
+            ms, seen = self._enforce()
             self.log.info("isolated", mode=mode, reason=reason, **actor, previous_state=was.state,
                           enforced_version=self._enforced_version(), apply_ms=ms)
             cut = cut_by(self.desired_plan())
             if cut:
                 self.log.info("connections_cut", count=len(cut), connections=cut)
-            return self.status()
+            return self.status(seen)
 
     def release(self, reason: str | None, actor: dict) -> dict:
         reason = check_reason(reason)
@@ -83,9 +102,9 @@ class Engine:
             was = self.state
             self._commit(AgentState(state="normal", since=now_iso(), reason=reason,
                                     stored_policy=was.stored_policy))
-            ms = self._enforce()
+            ms, seen = self._enforce()
             self.log.info("released", reason=reason, **actor, previous_state=was.state, apply_ms=ms)
-            return self.status()
+            return self.status(seen)
 
     def set_policy(self, doc: dict, actor: dict) -> dict:
         with self._lock:
@@ -99,10 +118,11 @@ class Engine:
             self._commit(was.model_copy(update=update))
             self.log.info("policy_stored", version=policy.version, enabled=policy.enabled,
                           inbound=len(policy.inbound), outbound=len(policy.outbound), **actor)
+            seen = None
             if live:
-                ms = self._enforce()
+                ms, seen = self._enforce()
                 self.log.info("policy_enforced", version=policy.version, mode=was.mode, apply_ms=ms)
-            return self.status()
+            return self.status(seen)
 
     def reconcile(self) -> bool:
         """Re-apply if what the firewall holds differs from what should be in force.
@@ -114,7 +134,7 @@ class Engine:
                 return False
             self.log.warning("tamper_detected", expected=plan.digest() if plan else None,
                              found=seen.digest, present=seen.present)
-            ms = self._enforce()
+            ms, _ = self._enforce()
             self.log.info("tamper_repaired", apply_ms=ms)
             return True
 
@@ -125,30 +145,21 @@ class Engine:
             return None
         return compile_plan(self.config, s.isolation_policy, s.mode or "strict")
 
-    def status(self) -> dict:
+    def status(self, seen: ReadBack | None = None) -> dict:
+        """`seen`: a read-back just made by the caller, so the firewall is not read twice."""
         with self._lock:
             s = self.state
             plan = self.desired_plan()
             try:
-                seen = self.backend.read_back()
+                seen = seen or self.backend.read_back()
                 enforcing, present, detail = seen.enforces(plan), seen.present, seen.details
             except BackendError as exc:
                 enforcing, present, detail = False, None, {"error": str(exc)}
             caps = self.backend.capabilities()
-            latched = s.isolation_policy.version if s.isolation_policy else None
+            view = state_view(s, self.config.sensor_type)
+            view["policy"]["enforced_version"] = self._enforced_version() if enforcing else None
             return {
-                "state": s.state,
-                "mode": s.mode,
-                "since": s.since,
-                "reason": s.reason,
-                "sensor_type": self.config.sensor_type,
-                "policy": {
-                    "stored_version": s.stored_policy.version if s.stored_policy else None,
-                    "enforced_version": self._enforced_version() if enforcing else None,
-                    "pending_version": (s.stored_policy.version if s.state == "isolated" and s.stored_policy
-                                        and s.stored_version != (latched or 0) else None),
-                    "enabled": s.stored_policy.enabled if s.stored_policy else False,
-                },
+                **view,
                 "backend": {
                     "name": self.backend.name,
                     "enforcing": enforcing,
@@ -171,7 +182,7 @@ class Engine:
         self.store.save(new)   # durable first; only then enforce and acknowledge
         self.state = new
 
-    def _enforce(self) -> float:
+    def _enforce(self) -> tuple[float, ReadBack]:
         plan = self.desired_plan()
         t0 = time.monotonic()
         try:
@@ -189,4 +200,4 @@ class Engine:
             self.log.error("apply_failed", error="read-back differs from plan",
                            expected=plan.digest() if plan else None, found=seen.digest)
             raise ApplyFailed("the rules read back from the firewall differ from the plan")
-        return round((time.monotonic() - t0) * 1000, 2)
+        return round((time.monotonic() - t0) * 1000, 2), seen

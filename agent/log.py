@@ -51,5 +51,4 @@ def configure(audit_path: Path | None = None, stream=None):
 
 def null_logger():
     """A logger that drops everything (tests and one-shot CLI commands)."""
-    return structlog.wrap_logger(_TeeLogger(None, open(os.devnull, "w")),
-                                 processors=[structlog.processors.JSONRenderer()])
+    return structlog.wrap_logger(structlog.ReturnLogger(), processors=[structlog.processors.JSONRenderer()])

@@ -9,10 +9,11 @@ Replies to an allowed flow pass; nothing else does (no stateless reply shortcuts
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import json
-from dataclasses import dataclass, field, asdict
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 Direction = Literal["out", "in"]
@@ -38,6 +39,11 @@ class PortRange:
         return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
 
 
+@functools.lru_cache(maxsize=65536)
+def _parse_network(text: str) -> ipaddress.IPv4Network:
+    return ipaddress.ip_network(text)  # type: ignore[return-value]
+
+
 @dataclass(frozen=True, order=True)
 class Flow:
     """One allowed kind of connection. `ports == ()` means any port.
@@ -60,7 +66,7 @@ class Flow:
 
     @property
     def ip_network(self) -> ipaddress.IPv4Network:
-        return ipaddress.ip_network(self.network)  # type: ignore[return-value]
+        return _parse_network(self.network)
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,14 @@ class Plan:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Plan":
+        """Inverse of to_json (for processes that receive a plan, e.g. test helpers)."""
+        flows = tuple(Flow(f["direction"], f["protocol"], f["network"],
+                           tuple(PortRange(p["first"], p["last"]) for p in f["ports"]),
+                           f["origin"], f["name"]) for f in d["flows"])
+        return cls(d["mode"], flows, d["dhcp"], d["policy_version"])
 
     def atoms(self) -> frozenset[tuple[str, str, str, int, int]]:
         """What the plan allows, as (direction, protocol, network, first, last) atoms;

@@ -10,12 +10,12 @@ import json
 import sys
 import time
 
-from tests.integration.nft_plans import plan_from_json
+from agent.plan import Plan
 from platforms.nftables import NftablesBackend
 
 
 def main() -> None:
-    plan = plan_from_json(json.load(sys.stdin))
+    plan = Plan.from_json(json.load(sys.stdin))
     backend = NftablesBackend()
     backend.apply(plan)
     rb = backend.read_back()

@@ -45,13 +45,6 @@ def plan_to_json(plan: Plan) -> str:
     return json.dumps(plan.to_json())
 
 
-def plan_from_json(d: dict) -> Plan:
-    flows = tuple(Flow(f["direction"], f["protocol"], f["network"],
-                       tuple(PortRange(p["first"], p["last"]) for p in f["ports"]),
-                       f["origin"], f["name"]) for f in d["flows"])
-    return Plan(d["mode"], flows, d["dhcp"], d["policy_version"])
-
-
 def expected_allowed(plan: Plan | None, src_addr: str, dst_addr: str, proto: str, port,
                      endpoint_addrs: set[str], forwarded: bool = False) -> bool:
     """What the plan says about one probe. `plan` None = not isolated: all passes."""

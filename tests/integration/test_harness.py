@@ -6,7 +6,6 @@ BLOCKED; teardown must leave `ip netns list` as it was, also on failure and on s
 """
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

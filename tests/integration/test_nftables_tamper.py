@@ -60,6 +60,11 @@ def test_owner_blocks_tamper_and_table_survives_sigkill(lab, nft_backend):
     assert_enforcing(lab, "after nft flush/delete")
 
     # Another process's backend cannot take over a live owner's table either.
+    # (Checked first so that an intermittent failure here says which half broke: seen
+    # twice in full CI runs, never in isolation.)
+    assert holder.poll() is None, f"the holder process died (exit {holder.returncode})"
+    owner = nft_backend.read_back().details.get("owner_portid")
+    assert owner == info["portid"], f"table owner {owner}, holder's portid {info['portid']}"
     with pytest.raises(BackendError):
         nft_backend.apply(plan_b())
     assert nft_json_table(ns) == before

@@ -14,15 +14,8 @@ import json
 import sys
 import time
 
-from agent.plan import Flow, Plan, PortRange
+from agent.plan import Plan
 from platforms.windivert import WinDivertBackend
-
-
-def plan_from_json(d: dict) -> Plan:
-    flows = tuple(Flow(f["direction"], f["protocol"], f["network"],
-                       tuple(PortRange(p["first"], p["last"]) for p in f["ports"]),
-                       f["origin"], f["name"]) for f in d["flows"])
-    return Plan(d["mode"], flows, d["dhcp"], d["policy_version"])
 
 
 def main() -> int:
@@ -32,7 +25,7 @@ def main() -> int:
         try:
             if msg["cmd"] == "apply":
                 t0 = time.perf_counter()
-                backend.apply(plan_from_json(msg["plan"]))
+                backend.apply(Plan.from_json(msg["plan"]))
                 answer = {"ok": True, "seconds": time.perf_counter() - t0}
             elif msg["cmd"] == "clear":
                 backend.clear()

@@ -1,5 +1,3 @@
-import os
-
 import pytest
 
 from agent.config import DEFAULT_PATH, config_path, load_config, parse_config

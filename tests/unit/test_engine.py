@@ -8,7 +8,6 @@ from agent.config import parse_config
 from agent.engine import Engine
 from agent.errors import ApplyFailed, InvalidInput
 from agent.log import null_logger
-from agent.policy import validate_policy
 from agent.store import Store
 from tests.unit.memory_backend import MemoryBackend
 
