@@ -7,7 +7,7 @@ import socket
 
 import psutil
 
-from agent.plan import Plan
+from platforms.plan import Plan
 
 _PROTO = {socket.SOCK_STREAM: "tcp", socket.SOCK_DGRAM: "udp"}
 

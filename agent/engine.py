@@ -15,7 +15,7 @@ from agent.connections import cut_by
 from agent.compile import compile_plan
 from agent.config import Config
 from agent.errors import ApplyFailed, FieldError, InvalidInput
-from agent.plan import Mode, Plan
+from platforms.plan import Mode, Plan
 from agent.policy import validate_policy
 from agent.store import AgentState, StateCorrupt, Store, now_iso
 from platforms.base import Backend, BackendError, BackendUnavailable, ReadBack

@@ -1,6 +1,6 @@
 """The one small interface every enforcement backend implements.
 
-A backend renders a `Plan` (agent.plan) and applies it atomically, clears it, and
+A backend renders a `Plan` (platforms.plan) and applies it atomically, clears it, and
 reads back what the firewall really holds. It never sees a policy or a command.
 """
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 
-from agent.plan import Plan
+from platforms.plan import Plan
 
 
 class BackendError(RuntimeError):

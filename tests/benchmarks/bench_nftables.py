@@ -21,9 +21,9 @@ import sys
 import time
 import uuid
 
-from agent.plan import Flow, Plan, PortRange
-from platforms.nft_render import build
-from platforms.nftables import WANTED_FLAGS, NftablesBackend
+from platforms.plan import Flow, Plan, PortRange
+from platforms.nftables.render import build
+from platforms.nftables.backend import WANTED_FLAGS, NftablesBackend
 
 VENDOR = "198.51.100.10"
 SIZES = (1, 50, 1000, 10000)

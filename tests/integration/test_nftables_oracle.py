@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from agent.plan import Flow, Plan, PortRange
+from platforms.plan import Flow, Plan, PortRange
 from platforms.nftables import NftablesBackend
 from tests.integration.nft_fixtures import bare_namespace
 from tests.integration.nft_plans import base_flows, nft, nft_json_table, plan_a, plan_b

@@ -24,8 +24,8 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from agent.plan import DHCP_CLIENT_PORT, DHCP_SERVER_PORT, Plan
-from platforms.nft_boxes import disjoint
+from platforms.plan import DHCP_CLIENT_PORT, DHCP_SERVER_PORT, Plan
+from platforms.nftables.boxes import disjoint
 
 TABLE = "cordon"
 PROTO_NUM = {"icmp": 1, "tcp": 6, "udp": 17}
@@ -34,7 +34,7 @@ L4_FIELDS = ("ipv4_addr", "inet_proto", "inet_service")
 L3_FIELDS = ("ipv4_addr", "inet_proto")
 SET_FIELDS = {"out_l4": L4_FIELDS, "out_l3": L3_FIELDS, "in_l4": L4_FIELDS, "in_l3": L3_FIELDS}
 # Sets exist in two generations, out_l4_a / out_l4_b: an update loads the other
-# generation's sets first and then swaps the rules over to them (see nftables.py).
+# generation's sets first and then swaps the rules over to them (see backend.py).
 GENERATIONS = ("a", "b")
 
 

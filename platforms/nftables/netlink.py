@@ -13,7 +13,7 @@ import struct
 import time
 
 from platforms.base import BackendError
-from platforms import nft_wire as w
+from platforms.nftables import wire as w
 
 NETLINK_NETFILTER = 12
 SOL_NETLINK = 270

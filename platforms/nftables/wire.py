@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from platforms.nft_render import SET_FIELDS, TABLE, Rule, set_name
+from platforms.nftables.render import SET_FIELDS, TABLE, Rule, set_name
 
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11

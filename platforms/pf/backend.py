@@ -20,10 +20,10 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from agent.plan import DHCP_CLIENT_PORT, DHCP_SERVER_PORT, Plan
+from platforms.plan import DHCP_CLIENT_PORT, DHCP_SERVER_PORT, Plan
 from platforms.base import Backend, BackendError, BackendUnavailable, Capabilities, ReadBack
-from platforms import pf_render
-from platforms.pf_render import ANCHOR
+from platforms.pf import render as pf_render
+from platforms.pf.render import ANCHOR
 
 
 @dataclass(frozen=True)

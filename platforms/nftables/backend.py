@@ -11,11 +11,11 @@ import errno
 import struct
 import time
 
-from agent.plan import Plan, atoms_digest
+from platforms.plan import Plan, atoms_digest
 from platforms.base import Backend, BackendError, Capabilities, ReadBack
-from platforms import nft_wire as w
-from platforms.nft_netlink import NetlinkFailure, NftSocket
-from platforms.nft_render import (GENERATIONS, SET_FIELDS, TABLE, atoms_from_elements, build,
+from platforms.nftables import wire as w
+from platforms.nftables.netlink import NetlinkFailure, NftSocket
+from platforms.nftables.render import (GENERATIONS, SET_FIELDS, TABLE, atoms_from_elements, build,
                                   chain_rules, render_text, set_name)
 
 WANTED_FLAGS = w.TABLE_F_OWNER | w.TABLE_F_PERSIST

@@ -7,7 +7,7 @@ Handles of one generation (one applied plan):
           stateless filter cannot judge (UDP replies) or that do not fit the filter size
           (coarse shape): the packets come to Python, FlowDecider judges them against the
           plan, allowed ones are re-injected. Its filter never matches loopback, vendor,
-          DNS or DHCP traffic (see windivert_filter), so those never depend on Python.
+          DNS or DHCP traffic (see filter.py), so those never depend on Python.
 
 Crash semantics: handles belong to this process. When it dies, Windows removes their
 filters at once and eBPFDivert lets traffic through after its 3 s heartbeat: isolation
@@ -25,9 +25,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from agent.plan import Flow, Plan
+from platforms.plan import Flow, Plan
 from platforms.base import Backend, BackendError, BackendUnavailable, Capabilities, ReadBack
-from platforms.windivert_filter import ICMP_REPLY_TYPES, Filters, compile_plan, render
+from platforms.windivert.filter import ICMP_REPLY_TYPES, Filters, compile_plan, render
 
 UDP_TIMEOUT = 120.0        # s, like conntrack's assured UDP timeout
 UDP_TABLE_MAX = 65536      # learned UDP flows; new ones are refused when full (fail closed)
