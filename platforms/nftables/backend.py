@@ -7,23 +7,28 @@ setting the owner flag again in the batch that re-applies its plan.
 """
 from __future__ import annotations
 
-import errno
 import struct
 import time
 
 from platforms.plan import Plan, atoms_digest
-from platforms.base import Backend, BackendError, Capabilities, ReadBack
+from platforms.base import Backend, BackendError, Capabilities, ReadBack, Support
+from platforms.nftables import probe as probes
 from platforms.nftables import wire as w
-from platforms.nftables.netlink import NetlinkFailure, NftSocket
+from platforms.nftables.netlink import NftSocket
 from platforms.nftables.render import (GENERATIONS, SET_FIELDS, TABLE, atoms_from_elements, build,
                                   chain_rules, render_text, set_name)
 
-WANTED_FLAGS = w.TABLE_F_OWNER | w.TABLE_F_PERSIST
-FLAG_NAMES = {1: "dormant", w.TABLE_F_OWNER: "owner", w.TABLE_F_PERSIST: "persist"}
+WANTED_FLAGS = w.WANTED_TABLE_FLAGS
+NOTES = ("table flags owner|persist where the start-up probe finds persist (Linux >= 6.9); "
+         "without it the table has no owner and tamper is only detected (read_back / "
+         "wait_for_change)")
 
 
 class NftablesBackend(Backend):
     name = "nftables"
+    CAPABILITIES = Capabilities(survives_agent_exit=True, blocks_tamper_while_alive=True,
+                                atomic_apply=True, cuts_open_connections=True,
+                                change_events=True, notes=NOTES)
 
     def __init__(self, state_dir: str | None = None, netns: str | None = None) -> None:
         """`netns`: name of a network namespace (as in `ip netns`) to work in instead of
@@ -33,15 +38,11 @@ class NftablesBackend(Backend):
         self._sock: NftSocket | None = None
         self._events: NftSocket | None = None
         self._plan: Plan | None = None
-        self._table_flags = WANTED_FLAGS  # lowered to 0 if the kernel lacks persist
+        self._table_flags: int | None = None  # from the persist probe, at the first apply
 
     @classmethod
-    def capabilities(cls) -> Capabilities:
-        return Capabilities(
-            survives_agent_exit=True, blocks_tamper_while_alive=True, atomic_apply=True,
-            cuts_open_connections=True,
-            notes="table flags owner|persist (kernel >= 6.9); without persist the table has "
-                  "no owner and tamper is only detected (read_back / wait_for_change)")
+    def is_supported(cls) -> Support:
+        return probes.is_supported()
 
     # --- interface ---------------------------------------------------------------------
 
@@ -61,28 +62,31 @@ class NftablesBackend(Backend):
             raise BackendError(f"nftables table inet {TABLE} is held by another process "
                                f"(netlink port {state['owner']}); nothing was changed")
         if state["table"] is not None and not state["shape_problems"] and \
-                state["flags"] & w.TABLE_F_PERSIST == self._table_flags & w.TABLE_F_PERSIST:
+                state["flags"] & w.TABLE_F_PERSIST == self._flags() & w.TABLE_F_PERSIST:
             self._update(sock, ruleset, state["gen"])
         else:
             self._create(sock, ruleset, state)
         self._plan = plan
 
     def _create(self, sock: NftSocket, rs, state) -> None:
-        try:
-            sock.batch(self._create_batch(rs, state, self._table_flags))
-        except NetlinkFailure as exc:
-            if not (self._table_flags and exc.code == errno.EOPNOTSUPP
-                    and exc.msg_type == w.MSG["NEWTABLE"]):
-                raise
-            # Kernel without `persist`: an owner-only table would vanish with the agent.
-            self._table_flags = 0
-            sock.batch(self._create_batch(rs, self._inspect(sock), 0))
+        sock.batch(self._create_batch(rs, state, self._flags()))
+
+    def _run_probes(self):
+        yield probes.probe_persist(self._socket())
+
+    def _flags(self) -> int:
+        """owner|persist where the probe found them; else none at all, because an
+        owner-only table would vanish with the agent."""
+        if self._table_flags is None:
+            persist = next(p for p in self.probe() if p.name == probes.PERSIST)
+            self._table_flags = WANTED_FLAGS if persist.present else 0
+        return self._table_flags
 
     def _update(self, sock: NftSocket, rs, old: str) -> None:
         new = "b" if old == "a" else "a"
         sock.batch([("NEWSET", w.NLM_F_CREATE, w.set_body(n, new)) for n in SET_FIELDS]
                    + self._element_msgs(rs, new))
-        swap = [("NEWTABLE", 0, w.table_body(self._table_flags))]  # adopts an orphan
+        swap = [("NEWTABLE", 0, w.table_body(self._flags()))]  # adopts an orphan
         swap += [("DELRULE", 0, w.chain_ref_body(c)) for c in ("input", "output", "forward")]
         swap += self._rule_msgs(rs, new)
         swap += [("DELSET", 0, w.set_name_body(n, old)) for n in SET_FIELDS]
@@ -121,7 +125,7 @@ class NftablesBackend(Backend):
             problems.append("rules differ from what Cordon installs")
         details = {
             "table": f"inet {TABLE}",
-            "table_flags": [n for bit, n in FLAG_NAMES.items() if state["flags"] & bit],
+            "table_flags": w.flag_names(state["flags"]),
             "owner_portid": state["owner"],
             "owned_by_this_process": state["owner"] == sock.portid,
             "orphaned": state["owner"] is None,
@@ -206,10 +210,7 @@ class NftablesBackend(Backend):
         if raw is None:
             return {"table": None, "flags": 0, "owner": None, "sets": {}, "gen": None,
                     "shape_problems": []}
-        t = w.attr_map(raw)
-        flags = w.be32(t.get(w.NFTA_TABLE_FLAGS, b"\0\0\0\0"))
-        owner = w.be32(t[w.NFTA_TABLE_OWNER]) if flags & w.TABLE_F_OWNER and \
-            w.NFTA_TABLE_OWNER in t else None
+        flags, owner = w.table_flags_owner(raw)
         problems = []
         chains = {}
         for payload in sock.dump("GETCHAIN", w.s(w.NFTA_CHAIN_TABLE, TABLE)):

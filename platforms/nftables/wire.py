@@ -29,6 +29,8 @@ NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLA_F_NESTED = 0x8000
 
 TABLE_F_OWNER, TABLE_F_PERSIST = 0x2, 0x4
+WANTED_TABLE_FLAGS = TABLE_F_OWNER | TABLE_F_PERSIST
+TABLE_FLAG_NAMES = {1: "dormant", TABLE_F_OWNER: "owner", TABLE_F_PERSIST: "persist"}
 NFTA_TABLE_NAME, NFTA_TABLE_FLAGS, NFTA_TABLE_OWNER = 1, 2, 7
 NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK, NFTA_CHAIN_POLICY, NFTA_CHAIN_TYPE = 1, 3, 4, 5, 7
 NFTA_HOOK_HOOKNUM, NFTA_HOOK_PRIORITY = 1, 2
@@ -107,9 +109,21 @@ def batch_marker(msg_type: int, seq: int) -> bytes:
                    res_id=NFNL_SUBSYS_NFTABLES)
 
 
-def table_body(flags: int | None = None) -> bytes:
-    body = s(NFTA_TABLE_NAME, TABLE)
+def table_body(flags: int | None = None, name: str = TABLE) -> bytes:
+    body = s(NFTA_TABLE_NAME, name)
     return body + (u32(NFTA_TABLE_FLAGS, flags) if flags is not None else b"")
+
+
+def table_flags_owner(raw: bytes) -> tuple[int, int | None]:
+    """A GETTABLE answer's flags and owner port id (None when the table has no owner)."""
+    t = attr_map(raw)
+    flags = be32(t.get(NFTA_TABLE_FLAGS, b"\0\0\0\0"))
+    owner = be32(t[NFTA_TABLE_OWNER]) if flags & TABLE_F_OWNER and NFTA_TABLE_OWNER in t else None
+    return flags, owner
+
+
+def flag_names(flags: int) -> list[str]:
+    return [n for bit, n in TABLE_FLAG_NAMES.items() if flags & bit]
 
 
 def chain_body(name: str) -> bytes:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from platforms.plan import DHCP_CLIENT_PORT, DHCP_SERVER_PORT, Plan
-from platforms.base import Backend, BackendError, BackendUnavailable, Capabilities, ReadBack
+from platforms.base import Backend, BackendError, BackendUnavailable, Capabilities, ReadBack, Support
 from platforms.pf import render as pf_render
 from platforms.pf.render import ANCHOR
 
@@ -41,7 +41,11 @@ def subprocess_runner(argv: list[str], stdin: str | None = None) -> Result:
     return Result(p.returncode, p.stdout, p.stderr)
 
 
+PFCTL = "/sbin/pfctl"
 TOKEN_FILE = "pf.token"
+NOTES = ("pf anchor com.apple/cordon; rules stay loaded when the agent dies, not after a "
+         "reboot (the agent re-applies at start); another root process can flush the "
+         "anchor or disable pf: read_back detects it and apply restores it")
 _TOKEN = re.compile(r"Token\s*:\s*(\d+)")
 # What pfctl -X says for a token the kernel does not know (e.g. after a reboot):
 # DIOCSTOPREF fails with EINVAL.
@@ -129,21 +133,27 @@ def anchor_point(main_listing: str, anchor: str = ANCHOR) -> tuple[bool, str]:
 
 class PfBackend(Backend):
     name = "pf"
+    CAPABILITIES = Capabilities(survives_agent_exit=True, blocks_tamper_while_alive=False,
+                                atomic_apply=True, cuts_open_connections=True, notes=NOTES)
 
     def __init__(self, state_dir: str | None = None, run: Runner | None = None, *,
-                 pfctl: str = "/sbin/pfctl", main_conf: str = "/etc/pf.conf", anchor: str = ANCHOR) -> None:
+                 pfctl: str = PFCTL, main_conf: str = "/etc/pf.conf", anchor: str = ANCHOR) -> None:
         super().__init__(state_dir)
         self._run = run
         self.pfctl, self.main_conf, self.anchor = pfctl, main_conf, anchor
 
     @classmethod
-    def capabilities(cls) -> Capabilities:
-        return Capabilities(
-            survives_agent_exit=True, blocks_tamper_while_alive=False, atomic_apply=True,
-            cuts_open_connections=True,
-            notes="pf anchor com.apple/cordon; rules stay loaded when the agent dies, not after a "
-                  "reboot (the agent re-applies at start); another root process can flush the "
-                  "anchor or disable pf: read_back detects it and apply restores it")
+    def is_supported(cls) -> Support:
+        if sys.platform != "darwin":
+            return Support(False, f"pf is driven through pfctl, which exists on macOS only "
+                                  f"(this is {sys.platform})")
+        try:
+            r = subprocess_runner([PFCTL, "-s", "info"], None)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return Support(False, f"cannot run {PFCTL}: {exc}")
+        if r.rc != 0:
+            return Support(False, f"{PFCTL} -s info exited {r.rc}: {r.stderr.strip()}")
+        return Support(True, f"{PFCTL} -s info answered")
 
     def render(self, plan: Plan) -> str:
         return pf_render.render(plan)
