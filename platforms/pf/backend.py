@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from platforms.plan import DHCP_CLIENT_PORT, DHCP_SERVER_PORT, Plan
+from platforms.durable import remove_durable, write_atomic
 from platforms.base import Backend, BackendError, BackendUnavailable, Capabilities, ReadBack, Support
 from platforms.pf import render as pf_render
 from platforms.pf.render import ANCHOR
@@ -107,13 +108,7 @@ def state_allowed(s: State, plan: Plan) -> bool:
         return False
     if plan.dhcp and s.proto == "udp" and (s.local_port, s.remote_port) == (DHCP_CLIENT_PORT, DHCP_SERVER_PORT):
         return True
-    service_port = s.remote_port if s.direction == "out" else s.local_port
-    for f in plan.flows:
-        if f.direction != s.direction or f.protocol not in ("any", s.proto) or remote not in f.ip_network:
-            continue
-        if not f.ports or any(p.first <= (service_port or 0) <= p.last for p in f.ports):
-            return True
-    return False
+    return plan.allows(s.proto, remote, s.local_port, s.remote_port, s.direction)
 
 
 def anchor_point(main_listing: str, anchor: str = ANCHOR) -> tuple[bool, str]:
@@ -290,26 +285,8 @@ class PfBackend(Backend):
         return text if text.isdigit() else None
 
     def _save_token(self, token: str) -> None:
-        path = self._token_path()
         os.makedirs(self.state_dir, exist_ok=True)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="ascii") as fh:
-            fh.write(token + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        self._fsync_dir()
+        write_atomic(self._token_path(), (token + "\n").encode("ascii"))
 
     def _forget_token(self) -> None:
-        try:
-            os.unlink(self._token_path())
-        except FileNotFoundError:
-            return
-        self._fsync_dir()
-
-    def _fsync_dir(self) -> None:
-        fd = os.open(self.state_dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        remove_durable(self._token_path())
