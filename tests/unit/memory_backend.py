@@ -4,7 +4,7 @@ Its read-back digests what is *installed*, which tests can make differ from what
 applied (`tamper`, `lossy`), so an `enforcing` assert in the engine tests can fail."""
 from __future__ import annotations
 
-from agent.plan import Plan, atoms_digest
+from platforms.plan import Plan, atoms_digest
 from platforms.base import Backend, BackendError, Capabilities, ReadBack
 
 

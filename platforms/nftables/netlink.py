@@ -17,7 +17,7 @@ import threading
 import time
 
 from platforms.base import BackendError
-from platforms import nft_wire as w
+from platforms.nftables import wire as w
 
 NETLINK_NETFILTER = 12
 SOL_NETLINK = 270
