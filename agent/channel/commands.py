@@ -19,12 +19,14 @@ class Commands:
     def __init__(self, engine, key, agent_id: str, guard: ReplayGuard, log) -> None:
         self.engine, self.key, self.agent_id, self.guard, self.log = engine, key, agent_id, guard, log
 
-    def verify(self, body: bytes, *, broadcast: bool) -> Command:
+    def open(self, body: bytes) -> dict:
         try:
-            cmd = wire.open_body(body, self.key)
+            return wire.open_body(body, self.key)
         except wire.WireError as exc:
             code = "not_permitted" if str(exc).startswith("sig:") else "invalid"
             raise Rejected(code, str(exc)) from None
+
+    def check(self, cmd: dict, *, broadcast: bool) -> Command:
         c = check_envelope(cmd, self.agent_id, wire.utcnow(), broadcast=broadcast)
         if self.guard.seen(c.id):
             raise Rejected("not_permitted", f"cmd.id: {c.id} was already used (replayed)")
@@ -35,8 +37,9 @@ class Commands:
         broadcast = subject == wire.command_subject(wire.ALL)
         cid = None
         try:
-            c = self.verify(body, broadcast=broadcast)
-            cid = c.id
+            cmd = self.open(body)
+            cid = cmd["id"] if isinstance(cmd.get("id"), str) and len(cmd["id"]) <= 128 else None
+            c = self.check(cmd, broadcast=broadcast)
             if c.args.get("token"):
                 raise Rejected("invalid", "args.token: release tokens are for `cordon release --token`, not the channel")
             actor = {"via": "console", "command_id": c.id}
@@ -79,7 +82,7 @@ class Commands:
     def release_with_token(self, token: str, actor: dict) -> dict:
         """`cordon release --token T`: verified here, with no network. Used once."""
         try:
-            c = self.verify(wire.token_body(token), broadcast=False)
+            c = self.check(self.open(wire.token_body(token)), broadcast=False)
         except wire.WireError as exc:
             raise Rejected("invalid", str(exc)) from None
         if c.action != "release" or not c.args.get("token"):
