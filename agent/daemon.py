@@ -37,14 +37,14 @@ def sd_notify(message: str) -> None:
 
 def watch(engine: Engine, stop: threading.Event, log) -> None:
     """Re-apply within a second when the rules in force differ from the plan."""
-    wait_for_change = getattr(engine.backend, "wait_for_change", None)
+    events = engine.backend.capabilities().change_events
     watchdog_s = int(os.environ.get("WATCHDOG_USEC", "0")) / 2e6
     backoff = 0.0
     while not stop.is_set():
         if backoff:
             stop.wait(backoff)  # the firewall refused a repair: retry, but never spin
-        elif wait_for_change is not None:
-            wait_for_change(min(EVENT_VERIFY_S, watchdog_s) if watchdog_s else EVENT_VERIFY_S)
+        elif events:
+            engine.backend.wait_for_change(min(EVENT_VERIFY_S, watchdog_s) if watchdog_s else EVENT_VERIFY_S)
         else:
             stop.wait(VERIFY_INTERVAL_S)
         if stop.is_set():
@@ -63,6 +63,9 @@ def watch(engine: Engine, stop: threading.Event, log) -> None:
 def run(config: Config) -> int:
     log = configure(config.audit_log)
     backend = backend_class(config.backend)(state_dir=config.state_dir)
+    probes = backend.probe()  # kernel-dependent capabilities, tried in this namespace
+    log.info("backend_probed", backend=backend.name,
+             probes=[{"name": p.name, "present": p.present, "evidence": p.evidence} for p in probes])
     engine = Engine(config, Store(config.state_dir), backend, log)
     stop = threading.Event()
 

@@ -11,6 +11,8 @@ Modules: netns (namespace helpers), lab (topology, responders, sweep), responder
 servers), probe (probes, ProbeLoop, Session), expect (independent expected tables),
 table (truth tables, JSON, JUnit), driver (the real agent via the CLI), scenarios, demo.
 """
+from . import netns
+from .errors import CordonWrong, HarnessError
 from .lab import DEFAULT_TOPOLOGY, Host, Lab, sweep
 from .probe import ALLOWED, BLOCKED, ERROR, Probe, ProbeLoop, Result, Session, probe, run_probes
 

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from agent.plan import Flow, Plan, PortRange
+from platforms.plan import Flow, Plan, PortRange
 from tests.harness import ALLOWED, BLOCKED, Probe, ProbeLoop, Session
 from tests.harness.lab import REPO_ROOT
 from tests.harness.table import Comparison

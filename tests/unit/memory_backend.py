@@ -1,7 +1,7 @@
 """A tiny in-memory backend to exercise the engine without a firewall."""
 from __future__ import annotations
 
-from agent.plan import Plan, atoms_digest
+from platforms.plan import Plan, atoms_digest
 from platforms.base import Backend, BackendError, Capabilities, ReadBack
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.plan import Flow, Plan, PortRange
+from platforms.plan import Flow, Plan, PortRange
 from platforms.pf import PfBackend
-from platforms.pf_render import ANCHOR, read_rules, render
+from platforms.pf.render import ANCHOR, read_rules, render
 from tests.unit.fake_pfctl import FakePfctl, parse_ruleset
 
 GOLDEN = Path(__file__).parent / "golden" / "pf"

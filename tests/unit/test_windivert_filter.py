@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from agent.plan import Flow, Plan, PortRange
-from platforms.windivert_filter import (MAX_OBJECTS, compile_plan, count_objects, exception_ranges,
+from platforms.plan import Flow, Plan, PortRange
+from platforms.windivert.filter import (MAX_OBJECTS, compile_plan, count_objects, exception_ranges,
                                         render)
 
 pydivert = pytest.importorskip("pydivert")
@@ -173,7 +173,7 @@ def enforce(plan: Plan, pkt, learned: bool) -> bool:
     if pkt.matches(f.drop):
         return False
     if f.guard and pkt.matches(f.guard):
-        from platforms.windivert import FlowDecider
+        from platforms.windivert.backend import FlowDecider
         d = FlowDecider(plan.flows)
         if learned and pkt.udp is not None and not pkt.is_outbound:
             d.decide(True, 17, HOST, pkt.src_addr, pkt.dst_port, pkt.src_port)  # the host sent first
