@@ -6,13 +6,12 @@ the command is acknowledged, so a restart cannot make a used token usable again.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 from agent.channel.verify import CLOCK_SKEW
+from platforms.durable import write_atomic
 
 FILE = "console-seen.json"
 MAX_ENTRIES = 200_000
@@ -54,18 +53,4 @@ class ReplayGuard:
 
     def _write(self, doc: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-        fd, tmp = tempfile.mkstemp(prefix=".seen.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(doc, f, separators=(",", ":"))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_atomic(self.path, json.dumps(doc, separators=(",", ":")).encode(), mode=0o600)
