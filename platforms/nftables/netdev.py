@@ -3,13 +3,13 @@ non-loopback device (DESIGN §6). It sees what the inet table never does: raw AF
 frames, macvlan/ipvlan children of a NIC, bridged frames (whatever the bridge sysctls
 say), frames on devices added while isolated.
 
-There is no conntrack at ingress, and at egress only packets that went through an IP
-stack carry a conntrack entry. So the layer lets through only what *could* be an
-allowed flow, judged by the packet's own header against copies of the inet sets, and
-leaves the stateful decision to the inet table:
-  egress:  IPv4 with a conntrack entry whose header goes to an allowed peer (original
-           direction: destination port in out_*; reply direction: source port in in_*);
-           ICMP related to a tracked flow; ARP; DHCP client->server broadcasts.
+The netdev family has no conntrack (the kernel refuses `ct` there with EPROTO). So the
+layer lets through only what *could* be an allowed flow, judged by the packet's own
+header against copies of the inet sets, and leaves the stateful decision to the inet
+table; a frame that bypasses the inet table (raw socket, macvlan, bridge) reaches at
+most an allowed peer on an allowed port:
+  egress:  IPv4 to an allowed peer (destination port in out_*, source port in in_*);
+           ARP; DHCP client->server broadcasts.
   ingress: IPv4 from an allowed peer (source port in out_*, destination port in in_*);
            ICMP errors (the inet layer passes only those related to allowed flows);
            ARP; DHCP server->client replies.
@@ -23,7 +23,7 @@ from __future__ import annotations
 import struct
 
 from platforms.nftables import wire as w
-from platforms.nftables.exprs import (Bitwise, Cmp, Ct, Immediate, Lookup, Meta, Payload,
+from platforms.nftables.exprs import (Cmp, Immediate, Lookup, Meta, Payload,
                                       Undecodable, decode_list, encode_list)
 from platforms.nftables.shape import SET_FIELDS, TABLE, set_name
 from platforms.nftables.vocabulary import userdata, tag_of
@@ -31,7 +31,7 @@ from platforms.nftables.vocabulary import userdata, tag_of
 NFPROTO_NETDEV = 5
 HOOK_INGRESS, HOOK_EGRESS = 0, 1
 NFTA_HOOK_DEV = 3
-META_PROTOCOL, META_L4PROTO = 0, 16
+META_PROTOCOL, META_L4PROTO = 1, 16
 CT_STATE, CT_DIRECTION = 0, 1
 BASE_NETWORK, BASE_TRANSPORT = 1, 2
 REG_1, REG32_00 = 1, 8
@@ -49,10 +49,6 @@ def _eq(reg: int, data: bytes):
 
 def _ipv4():
     return [Meta(REG_1, META_PROTOCOL), _eq(REG_1, ETH_IP)]
-
-
-def _ct_dir(d: int):
-    return [Ct(REG_1, CT_DIRECTION), _eq(REG_1, bytes([d]))]
 
 
 def _lookup(addr_off: int, port_off: int | None, base: str, gen: str):
@@ -89,18 +85,14 @@ def chain_rules(dhcp: bool, gen: str) -> dict[str, list[tuple[str, list, str]]]:
     """{"ingress"|"egress": [(tag, expressions, nft text)]}, the same for every device."""
     g = gen
     egress = [
-        ("cordon/nd-out-original-l4", _ipv4() + _ct_dir(0) + _lookup(_DADDR, _DPORT, "out_l4", g),
-         f"meta protocol ip ct direction original ip daddr . meta l4proto . th dport @out_l4_{g}"),
-        ("cordon/nd-out-reply-l4", _ipv4() + _ct_dir(1) + _lookup(_DADDR, _SPORT, "in_l4", g),
-         f"meta protocol ip ct direction reply ip daddr . meta l4proto . th sport @in_l4_{g}"),
-        ("cordon/nd-out-original-l3", _ipv4() + _ct_dir(0) + _lookup(_DADDR, None, "out_l3", g),
-         f"meta protocol ip ct direction original ip daddr . meta l4proto @out_l3_{g}"),
-        ("cordon/nd-out-reply-l3", _ipv4() + _ct_dir(1) + _lookup(_DADDR, None, "in_l3", g),
-         f"meta protocol ip ct direction reply ip daddr . meta l4proto @in_l3_{g}"),
-        ("cordon/nd-out-related-icmp", _ipv4() + [
-            Ct(REG_1, CT_STATE), Bitwise(REG_1, REG_1, 4, struct.pack("=I", 4), b"\0" * 4, 0),
-            Cmp(REG_1, 1, b"\0" * 4), Meta(REG_1, META_L4PROTO), _eq(REG_1, b"\x01")],
-         "meta protocol ip ct state related meta l4proto icmp"),
+        ("cordon/nd-out-original-l4", _ipv4() + _lookup(_DADDR, _DPORT, "out_l4", g),
+         f"meta protocol ip ip daddr . meta l4proto . th dport @out_l4_{g}"),
+        ("cordon/nd-out-reply-l4", _ipv4() + _lookup(_DADDR, _SPORT, "in_l4", g),
+         f"meta protocol ip ip daddr . meta l4proto . th sport @in_l4_{g}"),
+        ("cordon/nd-out-original-l3", _ipv4() + _lookup(_DADDR, None, "out_l3", g),
+         f"meta protocol ip ip daddr . meta l4proto @out_l3_{g}"),
+        ("cordon/nd-out-reply-l3", _ipv4() + _lookup(_DADDR, None, "in_l3", g),
+         f"meta protocol ip ip daddr . meta l4proto @in_l3_{g}"),
     ]
     ingress = [
         ("cordon/nd-in-reply-l4", _ipv4() + _lookup(_SADDR, _SPORT, "out_l4", g),
