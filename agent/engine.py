@@ -172,6 +172,10 @@ class Engine:
                     "survives_agent_exit": caps.survives_agent_exit,
                     "capabilities": asdict(caps),
                     "probes": probes,
+                    # both read back by the backend: how tamper is met (blocked or
+                    # detect-and-repair) and the §6 paths it cannot close
+                    "tamper": detail.get("tamper"),
+                    "limits": detail.get("limits"),
                     "details": detail,
                 },
                 "agent": {"pid": os.getpid(), "version": __version__,

@@ -120,7 +120,8 @@ class NftablesBackend(Backend):
         if not state.present:
             present = self._netdev_present(sock)
             return ReadBack(present, None, {"table": None, "problems": ["table inet cordon is missing"]
-                                            if present else []})
+                                            if present else [], "tamper": self._tamper(None),
+                                            "limits": []})
         gen = state.gen
         elements = {name: readback.set_elements(sock, name, gen) for name in SET_FIELDS
                     if set_name(name, gen) in state.sets}
@@ -146,7 +147,7 @@ class NftablesBackend(Backend):
             "set_generation": gen,
             "problems": problems,
             "netdev": below,
-            "tamper": "blocked" if self._flags() & w.TABLE_F_PERSIST else "detect-and-repair",
+            "tamper": self._tamper(state.flags),
             "limits": [],
         }
         if problems:
@@ -192,6 +193,12 @@ class NftablesBackend(Backend):
             if any(pid != own for pid in pids):
                 return True
         return False
+
+    def _tamper(self, flags: int | None) -> str:
+        """`blocked` when the probe found owner|persist and the table in force (if any)
+        reads back with them; else `detect-and-repair` (read_back + wait_for_change)."""
+        ok = self._flags() & w.TABLE_F_PERSIST and (flags is None or flags & WANTED_FLAGS == WANTED_FLAGS)
+        return "blocked" if ok else "detect-and-repair"
 
     def _netdev_present(self, sock) -> bool:
         return sock.get("GETTABLE", w.table_body(), netdev.NFPROTO_NETDEV) is not None

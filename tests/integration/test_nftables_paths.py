@@ -134,3 +134,57 @@ def test_container_on_the_nic_is_cut_off_while_isolated(lab, nft_backend, kind):
     assert lab.probe("endpoint", "vendor", "tcp", 443).verdict == ALLOWED
     nft_backend.clear()
     assert _ping(ns, outside)
+
+
+def _nft(ns: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "netns", "exec", ns, "nft", *args], capture_output=True, text=True)
+
+
+def test_dormant_netdev_table_is_refused_while_owned_and_repaired_when_not(lab, nft_backend, tmp_path):  # noqa: F811
+    from platforms.nftables import NftablesBackend
+    e_ns = lab.ns("endpoint")
+    nft_backend.apply(plan_a())
+    rb = nft_backend.read_back()
+    assert rb.details["problems"] == [] and rb.details["limits"] == []
+    if rb.details["tamper"] == "blocked":  # owner|persist: no other process may unhook it
+        assert _nft(e_ns, "add table netdev cordon { flags dormant; }").returncode != 0
+        nft_backend.close()  # orphaned: persist still refuses the flag change
+        assert _nft(e_ns, "add table netdev cordon { flags dormant; }").returncode != 0
+        nft_backend = NftablesBackend(netns=e_ns)
+    # A table without persist (Linux < 6.9, simulated by nft -f of the same ruleset).
+    path = tmp_path / "cordon.nft"
+    path.write_text(nft_backend.render(plan_a()))
+    nft_backend.clear()
+    assert _nft(e_ns, "-f", str(path)).returncode == 0
+    assert _raw_send(lab, False, ("ipv4-udp",)) == {"ipv4-udp": False, "receiver alive": True}
+    assert _nft(e_ns, "add table netdev cordon { flags dormant; }").returncode == 0
+    assert _raw_send(lab, False, ("ipv4-udp",))["ipv4-udp"], "a dormant netdev table unhooks it"
+    try:
+        seen = nft_backend.read_back()
+        assert "table netdev cordon is dormant (unhooked)" in seen.details["problems"]
+        assert not seen.enforces(plan_a())
+        nft_backend.apply(plan_a())  # what the engine's reconcile does (and logs tamper_detected)
+        assert nft_backend.read_back().enforces(plan_a())
+        assert _raw_send(lab, False, ("ipv4-udp",)) == {"ipv4-udp": False, "receiver alive": True}
+    finally:
+        nft_backend.clear()
+        nft_backend.close()
+
+
+def test_a_device_added_while_isolated_is_seen_and_hooked(lab, nft_backend):  # noqa: F811
+    e_ns = lab.ns("endpoint")
+    nft_backend.apply(plan_a())
+    nft_backend.wait_for_change(0.01)  # subscribe before the device appears
+    netns.ip("link", "add", "late0", "type", "veth", "peer", "name", "late1", ns=e_ns)
+    netns.ip("tuntap", "add", "dev", "tap9", "mode", "tap", ns=e_ns)
+    assert nft_backend.wait_for_change(10.0), "rtnetlink must report the new devices"
+    seen = nft_backend.read_back()
+    assert {f"netdev chain {h}_{d} is missing" for h in ("ingress", "egress")
+            for d in ("late0", "late1", "tap9")} <= set(seen.details["problems"])
+    assert not seen.enforces(plan_a())
+    nft_backend.apply(plan_a())
+    after = nft_backend.read_back()
+    assert after.enforces(plan_a())
+    assert {"late0", "late1", "tap9"} <= set(after.details["netdev"]["devices"])
+    listed = _nft(e_ns, "list table netdev cordon").stdout
+    assert 'hook egress device "tap9"' in listed and 'hook ingress device "late0"' in listed
