@@ -56,6 +56,9 @@ class AuditFile:
         self._fh.write(text)
         self._fh.flush()
 
+    def flush(self) -> None:
+        self._fh.flush()
+
 
 class _TeeLogger:
     """structlog logger that writes each rendered line to stderr (with its syslog priority

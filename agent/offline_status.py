@@ -40,9 +40,9 @@ def _unknown(name: str, reason: str, **extra) -> dict:
 
 def _backend_view(config: Config, store: Store, state: AgentState) -> tuple[dict, int | None]:
     try:
-        cls = backend_class(config.backend)
+        cls = backend_class(config.backend, check_support=False)
     except BackendError as exc:
-        return _unknown(config.backend, f"no backend can run here: {exc}"), None
+        return _unknown(config.backend, str(exc)), None
     caps = cls.capabilities()
     extra = {"survives_agent_exit": caps.survives_agent_exit, "capabilities": asdict(caps)}
     if not caps.survives_agent_exit:
@@ -51,6 +51,10 @@ def _backend_view(config: Config, store: Store, state: AgentState) -> tuple[dict
     if os.geteuid() != 0:
         return _unknown(cls.name, "reading the firewall back needs root (try: sudo cordon status)",
                         **extra), None
+    try:
+        cls = backend_class(config.backend)   # can it run here at all?
+    except BackendError as exc:
+        return _unknown(cls.name, str(exc), **extra), None
     backend = cls(state_dir=config.state_dir)
     try:
         engine = Engine(config, store, backend, null_logger())
