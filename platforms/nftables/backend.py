@@ -74,7 +74,7 @@ class NftablesBackend(Backend):
         self._plan = plan
 
     def _create(self, sock: NftSocket, rs, state) -> None:
-        sock.batch(self._create_batch(sock, rs, state, self._flags()))
+        sock.batch(self._create_batch(rs, state, self._flags(), sock))
 
     def _run_probes(self):
         yield probes.probe_persist(self._socket())
@@ -89,13 +89,14 @@ class NftablesBackend(Backend):
 
     def _update(self, sock: NftSocket, rs, old: str) -> None:
         new = "b" if old == "a" else "a"
-        sock.batch([("NEWSET", w.NLM_F_CREATE, w.set_body(n, new)) for n in SET_FIELDS]
-                   + self._element_msgs(rs, new))
+        elements = self._element_msgs(rs, new)
+        sock.batch([("NEWSET", w.NLM_F_CREATE, w.set_body(n, new)) for n in SET_FIELDS] + elements)
         swap = [("NEWTABLE", 0, w.table_body(self._flags()))]  # adopts an orphan
         swap += [("DELRULE", 0, w.chain_ref_body(c)) for c in ("input", "output", "forward")]
         swap += self._rule_msgs(rs, new)
         swap += [("DELSET", 0, w.set_name_body(n, old)) for n in SET_FIELDS]
-        swap += netdev.table_msgs(self._flags(), list_devices(self.netns), rs, self._netdev_present(sock), new)
+        swap += netdev.table_msgs(self._flags(), list_devices(self.netns), rs, self._netdev_present(sock), new,
+                                 elements)
         try:
             sock.batch(swap)
         except BackendError:
@@ -218,15 +219,17 @@ class NftablesBackend(Backend):
                 raise BackendError(f"cannot open a netfilter netlink socket: {exc}") from exc
         return self._sock
 
-    def _create_batch(self, sock, rs, state, flags: int) -> list:
+    def _create_batch(self, rs, state, flags: int, sock: NftSocket | None = None) -> list:
         msgs = []
         if state.present:  # not the shape Cordon installs: replace it
             msgs.append(("DELTABLE", 0, w.table_body()))
         msgs.append(("NEWTABLE", w.NLM_F_CREATE, w.table_body(flags)))
         msgs += [("NEWCHAIN", w.NLM_F_CREATE, w.chain_body(c)) for c in ("input", "output", "forward")]
         msgs += [("NEWSET", w.NLM_F_CREATE, w.set_body(n, "a")) for n in SET_FIELDS]
-        msgs += self._element_msgs(rs, "a") + self._rule_msgs(rs, "a")
-        return msgs + netdev.table_msgs(flags, list_devices(self.netns), rs, self._netdev_present(sock), "a")
+        elements = self._element_msgs(rs, "a")
+        msgs += elements + self._rule_msgs(rs, "a")
+        return msgs + netdev.table_msgs(flags, list_devices(self.netns), rs,
+                                       sock is not None and self._netdev_present(sock), "a", elements)
 
     @staticmethod
     def _element_msgs(rs, gen: str) -> list:
