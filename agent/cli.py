@@ -104,7 +104,8 @@ def cmd_isolate(args) -> int:
 
 def cmd_release(args) -> int:
     config = _config(args)
-    st = client.call(config.control_socket, "release", {"reason": args.reason})
+    request = {"reason": args.reason} | ({"token": args.token} if args.token is not None else {})
+    st = client.call(config.control_socket, "release", request)
     print(f"released; rules present: {'yes' if st['backend']['rules_present'] else 'no'}")
     return EXIT_OK
 
@@ -183,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_isolate)
     s = sub.add_parser("release", parents=[common], help="release isolation (root)")
     s.add_argument("--reason", metavar="TEXT")
+    s.add_argument("--token", metavar="TOKEN", help="offline release token from the console (needed when [console] is configured)")
     s.set_defaults(func=cmd_release)
 
     pol = sub.add_parser("policy", parents=[common], help="exceptions policy").add_subparsers(dest="policy_command", required=True)

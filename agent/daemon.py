@@ -7,6 +7,7 @@ import signal
 import socket
 import threading
 
+from agent import channel as console_channel
 from agent.config import Config
 from agent.engine import Engine
 from agent.errors import ApplyFailed
@@ -79,6 +80,8 @@ def run(config: Config) -> int:
     except ApplyFailed as exc:
         log.error("start_degraded", error=str(exc))  # keep running: the watch retries
     server = ControlServer(config.control_socket, engine, log)
+    # The release gate is in place before the socket serves; the channel has its own thread.
+    channel = console_channel.start(config, engine, server, log)
     threading.Thread(target=server.serve_forever, name="control", daemon=True).start()
     threading.Thread(target=watch, args=(engine, stop, log), name="watch", daemon=True).start()
     log.info("agent_started", pid=os.getpid(), backend=backend.name, sensor_type=config.sensor_type,
@@ -87,6 +90,8 @@ def run(config: Config) -> int:
     while not stop.wait(3600):
         pass
     sd_notify("STOPPING=1")
+    if channel is not None:
+        channel.stop()
     server.close()
     backend.close()    # handles only: isolation stays in force where the platform allows
     log.info("agent_stopped", state=engine.state.state)
