@@ -1,5 +1,9 @@
 """The durable state: written atomically (temp file, fsync, rename, fsync dir) before
-any command is acknowledged; read back strictly, never silently reset."""
+any command is acknowledged; read back strictly, never silently reset.
+
+A save has two phases so that the engine can refuse a change the disk cannot hold
+before it touches the firewall: `prepare` writes and fsyncs a temp file (a full disk
+or a read-only dir fails here), `commit` renames it into place."""
 from __future__ import annotations
 
 import json
@@ -53,10 +57,14 @@ class Store:
 
     def load(self) -> AgentState:
         """The persisted state; a fresh `normal` state if none was ever written."""
+        return self.load_if_present() or AgentState()
+
+    def load_if_present(self) -> AgentState | None:
+        """The persisted state, or None when there is no state file."""
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
-            return AgentState()
+            return None
         except OSError as exc:
             raise StateCorrupt(f"cannot read {self.path}: {exc.strerror}") from None
         try:
@@ -67,6 +75,11 @@ class Store:
             raise StateCorrupt(f"{self.path} is corrupt ({where}: {first['msg']})") from None
 
     def save(self, state: AgentState) -> None:
+        self.prepare(state).commit()
+
+    def prepare(self, state: AgentState) -> "PreparedSave":
+        """Write `state` to a temp file and fsync it; nothing visible changes yet.
+        Raises OSError (ENOSPC, EROFS, EACCES...) before anything is in place."""
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o755)
         data = state.to_bytes()
         fd, tmp = tempfile.mkstemp(prefix=".state.", dir=self.dir)
@@ -76,15 +89,10 @@ class Store:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.chmod(tmp, 0o644)  # status is readable by any local user
-            os.replace(tmp, self.path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        return PreparedSave(self, Path(tmp))
 
     def quarantine(self) -> Path | None:
         """Move an untrusted state file aside (kept for forensics), so a fresh one can be written."""
@@ -93,3 +101,26 @@ class Store:
         aside = self.path.with_name(f"{STATE_FILE}.corrupt-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
         os.replace(self.path, aside)
         return aside
+
+
+class PreparedSave:
+    """A state written and fsynced to a temp file, waiting to be renamed into place."""
+
+    def __init__(self, store: Store, tmp: Path) -> None:
+        self.store = store
+        self.tmp = tmp
+
+    def commit(self) -> None:
+        try:
+            os.replace(self.tmp, self.store.path)
+        except BaseException:
+            self.abort()
+            raise
+        dir_fd = os.open(self.store.dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def abort(self) -> None:
+        self.tmp.unlink(missing_ok=True)
