@@ -151,9 +151,11 @@ def cmd_policy_validate(args) -> int:
 
 
 def cmd_rules(args) -> int:
-    from agent.compile import compile_plan
+    from agent.compile import check_enforceable, compile_plan
     from platforms import backend_class
     config = _config(args)
+    if args.backend:
+        check_enforceable(config, args.backend)
     policy = None
     if args.policy:
         policy = validate_policy(_read_policy_file(args.policy), max_per_direction=config.exceptions.max_per_direction)
