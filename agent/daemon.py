@@ -7,13 +7,15 @@ import signal
 import socket
 import threading
 
+from agent import instance, log as audit
 from agent.config import Config
 from agent.engine import Engine
 from agent.errors import ApplyFailed
-from agent.log import configure
+from agent.log import RateLimited, configure
 from agent.server import ControlServer
 from agent.store import Store
 from platforms import backend_class
+from platforms.base import BackendUnavailable
 
 VERIFY_INTERVAL_S = 0.5   # tamper check when the backend offers no change events
 EVENT_VERIFY_S = 5.0      # slow safety-net check when it does
@@ -55,14 +57,30 @@ def watch(engine: Engine, stop: threading.Event, log) -> None:
             if not isinstance(exc, ApplyFailed):  # ApplyFailed is already logged as apply_failed
                 log.error("watch_failed", error=repr(exc))
             backoff = min(MAX_BACKOFF_S, max(MIN_BACKOFF_S, backoff * 2))
+        report_degraded(engine)
         if watchdog_s:
             sd_notify("WATCHDOG=1")
 
 
+_last_status: list[str | None] = [None]
+
+
+def report_degraded(engine: Engine) -> None:
+    """STATUS= for systemd whenever the engine's degraded reason changes."""
+    reason = engine.degraded
+    if reason != _last_status[0]:
+        _last_status[0] = reason
+        sd_notify(f"STATUS=degraded: {reason}" if reason else "STATUS=enforcing the stored state")
+
+
 def run(config: Config) -> int:
+    # Before anything touches the state dir, the socket or the firewall: a safe dir, and
+    # only one agent per state dir (a second one must not take the socket over).
+    instance.check_state_dir(config.state_dir)
+    lock_fd = instance.acquire(config.state_dir)  # noqa: F841 - held until the process exits
     log = configure(config.audit_log)
     backend = backend_class(config.backend)(state_dir=config.state_dir)
-    engine = Engine(config, Store(config.state_dir), backend, log)
+    engine = Engine(config, Store(config.state_dir), backend, log, health=audit.health)
     stop = threading.Event()
 
     def on_signal(signum, _frame):
@@ -73,9 +91,13 @@ def run(config: Config) -> int:
 
     try:
         engine.start()   # enforcement first: nothing is served before it holds
-    except ApplyFailed as exc:
-        log.error("start_degraded", error=str(exc))  # keep running: the watch retries
-    server = ControlServer(config.control_socket, engine, log)
+    except BackendUnavailable:
+        raise    # this backend cannot run here at all: exit 1 with the reason
+    except Exception as exc:  # anything else: stay up in the most isolated state; the watch retries
+        engine.degraded = engine.degraded or f"start failed: {exc}"
+        log.error("start_degraded", error=repr(exc))
+    report_degraded(engine)
+    server = ControlServer(config.control_socket, engine, log, rejections=RateLimited(log))
     threading.Thread(target=server.serve_forever, name="control", daemon=True).start()
     threading.Thread(target=watch, args=(engine, stop, log), name="watch", daemon=True).start()
     log.info("agent_started", pid=os.getpid(), backend=backend.name, sensor_type=config.sensor_type,

@@ -50,7 +50,13 @@ class _TeeLogger:
         self.failures = 0
         self.last_error: str | None = None
         if path is not None:
-            self._file = self._open(path)
+            try:
+                self._file = self._open(path)
+            except OSError as exc:  # a symlink (ELOOP), a read-only or full disk: surfaced in status
+                self.failures += 1
+                self.last_error = f"cannot open {path}: {exc.strerror or exc}"
+                print(f'{{"event": "audit_log_unavailable", "error": "{excerpt(self.last_error)}"}}',
+                      file=self._stream, flush=True)
 
     @staticmethod
     def _open(path: Path):
@@ -84,9 +90,9 @@ class _TeeLogger:
             os.replace(self._path, self._path.with_name(self._path.name + ".1"))
             old, self._file = self._file, self._open(self._path)
             old.close()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             self.failures += 1
-            self.last_error = f"rotation failed: {exc.strerror or exc}"
+            self.last_error = f"rotation failed: {getattr(exc, 'strerror', None) or exc}"
 
     def health(self) -> dict:
         return {"path": str(self._path) if self._path else None, "ok": self.failures == 0,
