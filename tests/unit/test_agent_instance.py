@@ -115,7 +115,7 @@ def test_audit_write_failures_are_counted_for_status(tmp_path):
     tee = logmod._TeeLogger(tmp_path / "audit.log", stream=open(os.devnull, "w"))
     tee._file.close()  # any write now fails
     tee.msg("{}")
-    assert tee.health()["ok"] is False and tee.health()["write_failures"] == 1
+    assert tee.health()["ok"] is False and tee.health()["write_failures"] >= 1
 
 
 def test_rate_limit_reports_what_it_held_back(tmp_path):
