@@ -52,6 +52,8 @@ def _print_status(st: dict, *, live: bool) -> None:
             ("enforcing", "yes (read back from the firewall)" if be.get("enforcing") else "NO: rules in force differ from the plan"),
             ("survives agent exit", "yes" if be.get("survives_agent_exit") else "no: enforcement depends on the live agent"),
             *[("backend problem", p) for p in (be.get("details") or {}).get("problems", [])],
+            *[("capability", f"{p['name']}: {'yes' if p['present'] else 'no'} ({p['evidence']})")
+              for p in be.get("probes") or []],
             ("agent", f"pid {ag.get('pid')}, version {ag.get('version')}, up {ag.get('uptime_s')} s"),
         ]
     else:
@@ -102,7 +104,8 @@ def cmd_isolate(args) -> int:
 
 def cmd_release(args) -> int:
     config = _config(args)
-    st = client.call(config.control_socket, "release", {"reason": args.reason})
+    request = {"reason": args.reason} | ({"token": args.token} if args.token is not None else {})
+    st = client.call(config.control_socket, "release", request)
     print(f"released; rules present: {'yes' if st['backend']['rules_present'] else 'no'}")
     return EXIT_OK
 
@@ -161,7 +164,7 @@ def cmd_rules(args) -> int:
         policy = validate_policy(_read_policy_file(args.policy), max_per_direction=config.exceptions.max_per_direction)
     plan = compile_plan(config, policy, "strict" if args.strict else "standard")
     name = args.backend or config.backend
-    print(backend_class(name)(state_dir=None).render(plan), end="")
+    print(backend_class(name, check_support=False)(state_dir=None).render(plan), end="")
     return EXIT_OK
 
 
@@ -183,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_isolate)
     s = sub.add_parser("release", parents=[common], help="release isolation (root)")
     s.add_argument("--reason", metavar="TEXT")
+    s.add_argument("--token", metavar="TOKEN", help="offline release token from the console (needed when [console] is configured)")
     s.set_defaults(func=cmd_release)
 
     pol = sub.add_parser("policy", parents=[common], help="exceptions policy").add_subparsers(dest="policy_command", required=True)

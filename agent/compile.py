@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from agent.config import Config
 from agent.fields import port_ranges
-from agent.plan import DNS_PORT, Flow, Mode, Plan, PortRange
+from platforms.plan import DNS_PORT, Flow, Mode, Plan, PortRange
 from agent.policy import Policy
 
 _DIRECTIONS = {"outbound": "out", "inbound": "in"}

@@ -7,6 +7,7 @@ import signal
 import socket
 import threading
 
+from agent import channel as console_channel
 from agent import instance, log as audit
 from agent.config import Config
 from agent.engine import Engine
@@ -38,14 +39,14 @@ def sd_notify(message: str) -> None:
 
 def watch(engine: Engine, stop: threading.Event, log) -> None:
     """Re-apply within a second when the rules in force differ from the plan."""
-    wait_for_change = getattr(engine.backend, "wait_for_change", None)
+    events = engine.backend.capabilities().change_events
     watchdog_s = int(os.environ.get("WATCHDOG_USEC", "0")) / 2e6
     backoff = 0.0
     while not stop.is_set():
         if backoff:
             stop.wait(backoff)  # the firewall refused a repair: retry, but never spin
-        elif wait_for_change is not None:
-            wait_for_change(min(EVENT_VERIFY_S, watchdog_s) if watchdog_s else EVENT_VERIFY_S)
+        elif events:
+            engine.backend.wait_for_change(min(EVENT_VERIFY_S, watchdog_s) if watchdog_s else EVENT_VERIFY_S)
         else:
             stop.wait(VERIFY_INTERVAL_S)
         if stop.is_set():
@@ -80,6 +81,15 @@ def run(config: Config) -> int:
     lock_fd = instance.acquire(config.state_dir)  # noqa: F841 - held until the process exits
     log = configure(config.audit_log)
     backend = backend_class(config.backend)(state_dir=config.state_dir)
+    try:
+        probes = backend.probe()  # kernel-dependent capabilities, tried in this namespace
+    except BackendUnavailable:
+        raise
+    except Exception as exc:  # a failed probe must not stop an agent that may be isolating
+        log.error("backend_probe_failed", error=repr(exc))
+        probes = []
+    log.info("backend_probed", backend=backend.name,
+             probes=[{"name": p.name, "present": p.present, "evidence": p.evidence} for p in probes])
     engine = Engine(config, Store(config.state_dir), backend, log, health=audit.health)
     stop = threading.Event()
 
@@ -98,6 +108,8 @@ def run(config: Config) -> int:
         log.error("start_degraded", error=repr(exc))
     report_degraded(engine)
     server = ControlServer(config.control_socket, engine, log, rejections=RateLimited(log))
+    # The release gate is in place before the socket serves; the channel has its own thread.
+    channel = console_channel.start(config, engine, server, log)
     threading.Thread(target=server.serve_forever, name="control", daemon=True).start()
     threading.Thread(target=watch, args=(engine, stop, log), name="watch", daemon=True).start()
     log.info("agent_started", pid=os.getpid(), backend=backend.name, sensor_type=config.sensor_type,
@@ -106,6 +118,8 @@ def run(config: Config) -> int:
     while not stop.wait(3600):
         pass
     sd_notify("STOPPING=1")
+    if channel is not None:
+        channel.stop()
     server.close()
     backend.close()    # handles only: isolation stays in force where the platform allows
     log.info("agent_stopped", state=engine.state.state)

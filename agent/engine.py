@@ -16,13 +16,14 @@ from __future__ import annotations
 import os
 import threading
 import time
+from dataclasses import asdict
 
 from agent import __version__
 from agent.connections import cut_by
 from agent.compile import compile_plan
 from agent.config import Config
 from agent.errors import ApplyFailed, FieldError, InvalidInput
-from agent.plan import Mode, Plan
+from platforms.plan import Mode, Plan
 from agent.policy import validate_policy
 from agent.store import AgentState, StateCorrupt, Store, now_iso
 from platforms.base import Backend, BackendError, BackendUnavailable, ReadBack
@@ -206,6 +207,10 @@ class Engine:
             except Exception as exc:
                 enforcing, present, detail = False, None, {"error": _reason(exc)}
             caps = self.backend.capabilities()
+            try:
+                probes = [asdict(p) for p in self.backend.probe()]
+            except BackendError as exc:
+                probes = [{"name": "probe", "present": False, "evidence": str(exc)}]
             view = state_view(s, self.config.sensor_type)
             view["policy"]["enforced_version"] = self._enforced_version() if enforcing else None
             return {
@@ -216,6 +221,8 @@ class Engine:
                     "enforcing": enforcing,
                     "rules_present": present,
                     "survives_agent_exit": caps.survives_agent_exit,
+                    "capabilities": asdict(caps),
+                    "probes": probes,
                     "details": detail,
                 },
                 "agent": {"pid": os.getpid(), "version": __version__,

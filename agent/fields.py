@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator
 
-from agent.plan import PortRange
+from platforms.plan import PortRange
 
 Protocol = Literal["tcp", "udp", "icmp", "any"]
 

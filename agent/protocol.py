@@ -25,7 +25,7 @@ ARGS: dict[str, dict[str, tuple[type, ...]]] = {
     "status": {},
     "policy_show": {},
     "isolate": {"strict": (bool,), "reason": (str, type(None))},
-    "release": {"reason": (str, type(None))},
+    "release": {"reason": (str, type(None)), "token": (str, type(None))},
     "policy_set": {"policy": (dict,)},
 }
 REQUIRED = {"policy_set": ("policy",)}

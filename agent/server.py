@@ -17,7 +17,7 @@ from pathlib import Path
 
 from agent import protocol
 from agent.admission import Admission
-from agent.errors import ApplyFailed, InvalidInput
+from agent.errors import ApplyFailed, FieldError, InvalidInput, NotPermitted
 from agent.log import excerpt
 
 REQUEST_DEADLINE_S = 5.0    # the whole request, however it is dribbled
@@ -72,6 +72,9 @@ class _Handler(socketserver.BaseRequestHandler):
         except InvalidInput as exc:
             self.server.rejected(actor, cmd, str(exc))
             return protocol.error("invalid", str(exc), [{"field": e.field, "reason": e.reason} for e in exc.errors])
+        except NotPermitted as exc:
+            self.server.rejected(actor, cmd, str(exc))
+            return protocol.error("not_permitted", str(exc))
         except ApplyFailed as exc:
             return protocol.error("failure", str(exc))
         except Exception as exc:  # the agent must keep answering whatever a request does
@@ -108,6 +111,7 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.log = log
         self.admission = admission or Admission()
         self._rejections = rejections  # a log.RateLimited; None logs every rejection
+        self.release_gate = None  # with [console]: release needs a signed token (agent.channel)
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
         if p.is_socket():
@@ -152,6 +156,10 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             strict = args.get("strict", False)
             return e.isolate("strict" if strict else "standard", args.get("reason"), actor)
         if cmd == "release":
+            if self.release_gate is not None:
+                return self.release_gate(args, actor)
+            if args.get("token") is not None:
+                raise InvalidInput(FieldError("token", "no console key is configured on this agent; release needs no token"))
             return e.release(args.get("reason"), actor)
         if cmd == "policy_set":
             return e.set_policy(args["policy"], actor)

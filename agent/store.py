@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent.policy import Policy
+from platforms.durable import fsync_dir
 
 STATE_FILE = "state.json"
 FORMAT = 1
@@ -116,11 +117,7 @@ class PreparedSave:
         except BaseException:
             self.abort()
             raise
-        dir_fd = os.open(self.store.dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(self.store.dir)
 
     def abort(self) -> None:
         self.tmp.unlink(missing_ok=True)

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from agent.plan import Flow, Plan, PortRange
+from platforms.plan import Flow, Plan, PortRange
 from tests.harness import Lab
 from tests.harness.lab import REPO_ROOT
 

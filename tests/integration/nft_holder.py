@@ -10,7 +10,7 @@ import json
 import sys
 import time
 
-from agent.plan import Plan
+from platforms.plan import Plan
 from platforms.nftables import NftablesBackend
 
 

@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 
-from agent.plan import Flow, Plan, PortRange
+from platforms.plan import Flow, Plan, PortRange
 
 VENDOR, DNS, RMM, JUMP = "198.51.100.10", "198.51.100.53", "203.0.113.20", "203.0.113.5"
 

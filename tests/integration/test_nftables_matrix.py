@@ -87,7 +87,7 @@ def test_matrix_before_during_after(lab, nft_backend):
 def test_overlapping_exceptions_are_merged_not_refused(lab, nft_backend):
     """A /24 and a /32 inside it on the same port: the kernel refuses overlapping
     elements in one set, so they must be merged; both keep working."""
-    from agent.plan import Flow, Plan, PortRange
+    from platforms.plan import Flow, Plan, PortRange
     from tests.integration.nft_plans import base_flows
     plan = Plan("standard", tuple(base_flows() + [
         Flow("out", "tcp", "203.0.113.0/24", (PortRange(8080, 8080),)),

@@ -14,7 +14,7 @@ import json
 import sys
 import time
 
-from agent.plan import Plan
+from platforms.plan import Plan
 from platforms.windivert import WinDivertBackend
 
 

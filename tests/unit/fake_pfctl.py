@@ -415,7 +415,7 @@ class FakePfctl:
 
     # the runner interface
     def __call__(self, argv: list[str], stdin: str | None = None):
-        from platforms.pf import Result
+        from platforms.pf.backend import Result
         self.calls.append((list(argv), stdin))
         out = self.run(argv[1:], stdin)
         return Result(out.rc, out.stdout, out.stderr)

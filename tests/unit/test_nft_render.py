@@ -7,10 +7,10 @@ import struct
 
 from hypothesis import given, settings, strategies as st
 
-from agent.plan import Flow, Plan, PortRange
-from platforms import nft_wire as w
-from platforms.nft_boxes import disjoint
-from platforms.nft_render import atoms_from_elements, build, render_text
+from platforms.plan import Flow, Plan, PortRange
+from platforms.nftables import wire as w
+from platforms.nftables.boxes import disjoint
+from platforms.nftables.render import atoms_from_elements, build, render_text
 from platforms.nftables import NftablesBackend
 
 box = st.tuples(st.integers(0, 15), st.integers(0, 15), st.integers(0, 15), st.integers(0, 15)) \

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from agent.plan import Flow, Plan, PortRange
+from platforms.plan import Flow, Plan, PortRange
 from platforms.base import BackendError, BackendUnavailable
-from platforms.pf import PfBackend, parse_states, anchor_point
+from platforms.pf.backend import PfBackend, parse_states, anchor_point
 from tests.unit.fake_pfctl import FakePfctl, FakeState
 from tests.unit.test_pf_render import plan_for
 
@@ -94,7 +94,7 @@ def test_release_reports_a_real_failure(fake, backend, tmp_path):
 
     def broken(argv, stdin=None):
         if "-X" in argv:
-            from platforms.pf import Result
+            from platforms.pf.backend import Result
             return Result(1, "", "pfctl: /dev/pf: Permission denied\n")
         return fake(argv, stdin)
     with pytest.raises(BackendError, match="Permission denied"):
@@ -166,7 +166,7 @@ def test_rejected_anchor_changes_nothing(fake, backend, monkeypatch):
     good = plan_for("standard_0")
     backend.apply(good)
     fake.calls.clear()
-    monkeypatch.setattr("platforms.pf.pf_render.render", lambda plan: "pass out quik all\n")
+    monkeypatch.setattr("platforms.pf.render.render", lambda plan: "pass out quik all\n")
     with pytest.raises(BackendError, match=r"stdin:1: syntax error"):
         backend.apply(plan_for("standard_1"))
     assert fake.commands() == [f"-a {A} -n -f -"]
@@ -198,7 +198,7 @@ def test_a_state_that_survives_the_kills_is_an_error(fake, backend):
 
     def no_kill(argv, stdin=None):
         if "-k" in argv:
-            from platforms.pf import Result
+            from platforms.pf.backend import Result
             return Result(0, "", "killed 0 states from 1 sources and 1 destinations\n")
         return fake(argv, stdin)
     with pytest.raises(BackendError, match="still open"):

@@ -14,7 +14,7 @@ import socket
 from dataclasses import dataclass, field
 from itertools import groupby
 
-from agent.plan import DHCP_CLIENT_PORT, DHCP_SERVER_PORT, Flow, Plan, PortRange, atoms_digest
+from platforms.plan import DHCP_CLIENT_PORT, DHCP_SERVER_PORT, Flow, Plan, PortRange, atoms_digest
 
 ANCHOR = "com.apple/cordon"
 TABLE_PREFIX = "cordon_"

@@ -29,7 +29,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from agent.plan import DHCP_CLIENT_PORT, DHCP_SERVER_PORT, Flow, Plan, PortRange
+from platforms.plan import DHCP_CLIENT_PORT, DHCP_SERVER_PORT, Flow, Plan, PortRange
 
 MAX_OBJECTS = 256          # WINDIVERT_FILTER_MAXLEN on Windows
 OBJECT_BUDGET = 200        # keep a margin below the hard limit

@@ -1,0 +1,200 @@
+"""Linux backend: one nftables table `inet cordon`, applied through netlink in one batch.
+
+The table carries flags owner|persist where the kernel has them: while this backend's
+netlink socket is open no other process can delete or flush it, and when the process
+dies the table stays (fail closed). A restarted agent adopts an orphaned table by
+setting the owner flag again in the batch that re-applies its plan.
+"""
+from __future__ import annotations
+
+import time
+
+from platforms.plan import Plan, atoms_digest
+from platforms.base import Backend, BackendError, Capabilities, ReadBack, Support
+from platforms.nftables import probe as probes
+from platforms.nftables import wire as w
+from platforms.nftables.netlink import NftSocket
+from platforms.nftables import readback
+from platforms.nftables.render import atoms_from_elements, build, chain_rules, render_text
+from platforms.nftables.shape import SET_FIELDS, TABLE, set_name
+
+WANTED_FLAGS = w.WANTED_TABLE_FLAGS
+NOTES = ("table flags owner|persist where the start-up probe finds persist (Linux >= 6.9); "
+         "without it the table has no owner and tamper is only detected (read_back / "
+         "wait_for_change)")
+
+
+class NftablesBackend(Backend):
+    name = "nftables"
+    CAPABILITIES = Capabilities(survives_agent_exit=True, blocks_tamper_while_alive=True,
+                                atomic_apply=True, cuts_open_connections=True,
+                                change_events=True, notes=NOTES)
+
+    def __init__(self, state_dir: str | None = None, netns: str | None = None) -> None:
+        """`netns`: name of a network namespace (as in `ip netns`) to work in instead of
+        the caller's own; the netlink socket is opened there once and kept."""
+        super().__init__(state_dir)
+        self.netns = netns
+        self._sock: NftSocket | None = None
+        self._events: NftSocket | None = None
+        self._plan: Plan | None = None
+        self._table_flags: int | None = None  # from the persist probe, at the first apply
+
+    @classmethod
+    def is_supported(cls) -> Support:
+        return probes.is_supported()
+
+    # --- interface ---------------------------------------------------------------------
+
+    def render(self, plan: Plan) -> str:
+        return render_text(build(plan))
+
+    def apply(self, plan: Plan) -> None:
+        """A first isolation is one batch that creates the table. An update is one batch
+        that swaps the rules over to sets of the other generation, loaded (unused, so
+        enforcing nothing) by a batch just before: the kernel makes a new interval
+        set's elements visible only after the rules of its commit are live, so sets
+        created in the swapping batch itself would leave a moment with empty sets."""
+        ruleset = build(plan)
+        sock = self._socket()
+        state = readback.table_state(sock)
+        if state.present and state.owner not in (None, sock.portid):
+            raise BackendError(f"nftables table inet {TABLE} is held by another process "
+                               f"(netlink port {state.owner}); nothing was changed")
+        if state.present and not state.shape_problems and \
+                state.flags & w.TABLE_F_PERSIST == self._flags() & w.TABLE_F_PERSIST:
+            self._update(sock, ruleset, state.gen)
+        else:
+            self._create(sock, ruleset, state)
+        self._plan = plan
+
+    def _create(self, sock: NftSocket, rs, state) -> None:
+        sock.batch(self._create_batch(rs, state, self._flags()))
+
+    def _run_probes(self):
+        yield probes.probe_persist(self._socket())
+
+    def _flags(self) -> int:
+        """owner|persist where the probe found them; else none at all, because an
+        owner-only table would vanish with the agent."""
+        if self._table_flags is None:
+            persist = next(p for p in self.probe() if p.name == probes.PERSIST)
+            self._table_flags = WANTED_FLAGS if persist.present else 0
+        return self._table_flags
+
+    def _update(self, sock: NftSocket, rs, old: str) -> None:
+        new = "b" if old == "a" else "a"
+        sock.batch([("NEWSET", w.NLM_F_CREATE, w.set_body(n, new)) for n in SET_FIELDS]
+                   + self._element_msgs(rs, new))
+        swap = [("NEWTABLE", 0, w.table_body(self._flags()))]  # adopts an orphan
+        swap += [("DELRULE", 0, w.chain_ref_body(c)) for c in ("input", "output", "forward")]
+        swap += self._rule_msgs(rs, new)
+        swap += [("DELSET", 0, w.set_name_body(n, old)) for n in SET_FIELDS]
+        try:
+            sock.batch(swap)
+        except BackendError:
+            try:  # the loaded sets enforce nothing; do not leave them behind
+                sock.batch([("DELSET", 0, w.set_name_body(n, new)) for n in SET_FIELDS])
+            except BackendError:
+                pass  # the next apply re-creates the table (shape check)
+            raise
+
+    def clear(self) -> None:
+        sock = self._socket()
+        if sock.get("GETTABLE", w.table_body()) is not None:
+            sock.batch([("DELTABLE", 0, w.table_body())])
+        self._plan = None
+
+    def read_back(self) -> ReadBack:
+        sock = self._socket()
+        state = readback.table_state(sock)
+        if not state.present:
+            return ReadBack(False, None, {"table": None})
+        gen = state.gen
+        elements = {name: readback.set_elements(sock, name, gen) for name in SET_FIELDS
+                    if set_name(name, gen) in state.sets}
+        seen = readback.dumped_rules(sock, gen)
+        dhcp = readback.has_dhcp(seen)
+        problems = list(state.shape_problems) + readback.rule_problems(seen, chain_rules(dhcp))
+        rules = {c: len(r) for c, r in seen.items()}
+        details = {
+            "table": f"inet {TABLE}",
+            "table_flags": w.flag_names(state.flags),
+            "owner_portid": state.owner,
+            "owned_by_this_process": state.owner == sock.portid,
+            "orphaned": state.owner is None,
+            "elements": {name: len(items) for name, items in elements.items()},
+            "rules": rules,
+            "set_generation": gen,
+            "problems": problems,
+        }
+        if problems:
+            return ReadBack(True, None, details)
+        details["dhcp"] = dhcp
+        plan = self._plan
+        if plan is not None and plan.dhcp == dhcp and build(plan).elements == elements:
+            digest = plan.digest()  # exactly what this plan compiles to, after normalising
+        else:
+            digest = atoms_digest(dhcp, atoms_from_elements(elements))
+        return ReadBack(True, digest, details)
+
+    def close(self) -> None:
+        # Closing the socket gives up ownership; the persist flag keeps the table.
+        for s in (self._sock, self._events):
+            if s is not None:
+                s.close()
+        self._sock = self._events = None
+
+    # --- extras for the daemon ----------------------------------------------------------
+
+    def wait_for_change(self, timeout: float) -> bool:
+        """Block up to `timeout` s for an nftables change in this namespace made by any
+        other process (nft flush ruleset, delete table, ...). True if one happened."""
+        if self._events is None:
+            self._events = NftSocket(self.netns, groups=w.NFNLGRP_NFTABLES)
+        own = self._sock.portid if self._sock else None
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                pids = [pid for _, _, _, pid, _ in self._events.messages(left)]
+            except BackendError:  # timed out
+                return False
+            except OSError:  # ENOBUFS: events were lost, so something changed
+                return True
+            if any(pid != own for pid in pids):
+                return True
+        return False
+
+    @property
+    def portid(self) -> int:
+        """Netlink port id of the socket that owns the table (opens it if needed)."""
+        return self._socket().portid
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _socket(self) -> NftSocket:
+        if self._sock is None:
+            try:
+                self._sock = NftSocket(self.netns)
+            except OSError as exc:
+                raise BackendError(f"cannot open a netfilter netlink socket: {exc}") from exc
+        return self._sock
+
+    def _create_batch(self, rs, state, flags: int) -> list:
+        msgs = []
+        if state.present:  # not the shape Cordon installs: replace it
+            msgs.append(("DELTABLE", 0, w.table_body()))
+        msgs.append(("NEWTABLE", w.NLM_F_CREATE, w.table_body(flags)))
+        msgs += [("NEWCHAIN", w.NLM_F_CREATE, w.chain_body(c)) for c in ("input", "output", "forward")]
+        msgs += [("NEWSET", w.NLM_F_CREATE, w.set_body(n, "a")) for n in SET_FIELDS]
+        return msgs + self._element_msgs(rs, "a") + self._rule_msgs(rs, "a")
+
+    @staticmethod
+    def _element_msgs(rs, gen: str) -> list:
+        return [("NEWSETELEM", w.NLM_F_CREATE, body) for name, items in rs.elements.items()
+                for body in w.setelem_bodies(name, items, gen)]
+
+    @staticmethod
+    def _rule_msgs(rs, gen: str) -> list:
+        return [("NEWRULE", w.NLM_F_CREATE | w.NLM_F_APPEND, w.rule_body(chain, r, gen))
+                for chain, rules in rs.chains().items() for r in rules]
