@@ -12,7 +12,7 @@ from agent import instance, log as audit
 from agent.config import Config
 from agent.engine import Engine
 from agent.errors import ApplyFailed
-from agent.log import RateLimited, configure
+from agent.log import RateLimited, audit_log_path, configure, reopen_audit_log
 from agent.server import ControlServer
 from agent.store import Store
 from platforms import backend_class
@@ -37,7 +37,36 @@ def sd_notify(message: str) -> None:
             pass
 
 
-def watch(engine: Engine, stop: threading.Event, log) -> None:
+class ServiceNotifier:
+    """systemd's view of the agent: READY=1 only once the firewall enforces what the stored
+    state says (DESIGN §8), and a STATUS= line whenever what `systemctl status` should say
+    changes."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self._status = None
+
+    def update(self, engine: Engine, problem: str | None = None) -> None:
+        s = engine.state
+        if problem is not None:
+            text = f"NOT ENFORCING the stored state ({s.state}): {problem}; retrying"
+        elif s.state != "isolated":
+            text = "normal: no Cordon rules in force"
+        elif s.mode == "strict":
+            text = "isolated (strict): vendor only"
+        else:
+            version = s.isolation_policy.version if s.isolation_policy else None
+            text = f"isolated (standard), policy {f'v{version}' if version else 'none'}"
+        if problem is None and not self.ready:
+            self.ready = True
+            sd_notify(f"READY=1\nSTATUS={text}")
+            self._status = text
+        elif text != self._status:
+            sd_notify(f"STATUS={text}")
+            self._status = text
+
+
+def watch(engine: Engine, stop: threading.Event, log, notifier: ServiceNotifier | None = None) -> None:
     """Re-apply within a second when the rules in force differ from the plan."""
     events = engine.backend.capabilities().change_events
     watchdog_s = int(os.environ.get("WATCHDOG_USEC", "0")) / 2e6
@@ -54,32 +83,26 @@ def watch(engine: Engine, stop: threading.Event, log) -> None:
         try:
             engine.reconcile()
             backoff = 0.0
+            if notifier is not None:
+                notifier.update(engine)
         except Exception as exc:  # the watch must outlive any single failure
+            if notifier is not None:
+                notifier.update(engine, problem=str(exc) or repr(exc))
             if not isinstance(exc, ApplyFailed):  # ApplyFailed is already logged as apply_failed
                 log.error("watch_failed", error=repr(exc))
             backoff = min(MAX_BACKOFF_S, max(MIN_BACKOFF_S, backoff * 2))
-        report_degraded(engine)
         if watchdog_s:
             sd_notify("WATCHDOG=1")
 
 
-_last_status: list[str | None] = [None]
-
-
-def report_degraded(engine: Engine) -> None:
-    """STATUS= for systemd whenever the engine's degraded reason changes."""
-    reason = engine.degraded
-    if reason != _last_status[0]:
-        _last_status[0] = reason
-        sd_notify(f"STATUS=degraded: {reason}" if reason else "STATUS=enforcing the stored state")
-
-
 def run(config: Config) -> int:
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: reopen_audit_log())  # before anything else
     # Before anything touches the state dir, the socket or the firewall: a safe dir, and
     # only one agent per state dir (a second one must not take the socket over).
     instance.check_state_dir(config.state_dir)
     lock_fd = instance.acquire(config.state_dir)  # noqa: F841 - held until the process exits
-    log = configure(config.audit_log)
+    log = configure(audit_log_path(config.audit_log))
+    notifier = ServiceNotifier()
     backend = backend_class(config.backend)(state_dir=config.state_dir)
     try:
         probes = backend.probe()  # kernel-dependent capabilities, tried in this namespace
@@ -99,6 +122,7 @@ def run(config: Config) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
+    start_problem = None
     try:
         engine.start()   # enforcement first: nothing is served before it holds
     except BackendUnavailable:
@@ -106,15 +130,15 @@ def run(config: Config) -> int:
     except Exception as exc:  # anything else: stay up in the most isolated state; the watch retries
         engine.degraded = engine.degraded or f"start failed: {exc}"
         log.error("start_degraded", error=repr(exc))
-    report_degraded(engine)
+    start_problem = engine.degraded  # the engine degrades instead of raising (issue 14)
     server = ControlServer(config.control_socket, engine, log, rejections=RateLimited(log))
     # The release gate is in place before the socket serves; the channel has its own thread.
     channel = console_channel.start(config, engine, server, log)
     threading.Thread(target=server.serve_forever, name="control", daemon=True).start()
-    threading.Thread(target=watch, args=(engine, stop, log), name="watch", daemon=True).start()
     log.info("agent_started", pid=os.getpid(), backend=backend.name, sensor_type=config.sensor_type,
              state=engine.state.state, mode=engine.state.mode)
-    sd_notify("READY=1")
+    notifier.update(engine, problem=start_problem)  # READY=1 only if the start enforced the state
+    threading.Thread(target=watch, args=(engine, stop, log, notifier), name="watch", daemon=True).start()
     while not stop.wait(3600):
         pass
     sd_notify("STOPPING=1")

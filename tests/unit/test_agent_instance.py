@@ -82,7 +82,7 @@ def test_audit_log_is_not_opened_through_a_symlink(tmp_path):
     log.info("isolated", mode="strict")
     assert target.read_text() == ""
     h = health()
-    assert h["ok"] is False and "cannot open" in h["last_error"]
+    assert h["ok"] is False and "symbolic links" in h["last_error"]
 
 
 def test_rejected_input_writes_only_a_short_escaped_excerpt(tmp_path):
@@ -113,7 +113,7 @@ def test_audit_log_is_capped_by_rotation(tmp_path):
 def test_audit_write_failures_are_counted_for_status(tmp_path):
     from agent import log as logmod
     tee = logmod._TeeLogger(tmp_path / "audit.log", stream=open(os.devnull, "w"))
-    tee._file.close()  # any write now fails
+    tee.audit._fh.close()  # any write now fails
     tee.msg("{}")
     assert tee.health()["ok"] is False and tee.health()["write_failures"] >= 1
 
