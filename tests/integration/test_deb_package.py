@@ -157,7 +157,7 @@ def test_remove_is_refused_while_isolated_and_purge_leaves_nothing(root, debs):
     r = root.run("dpkg -r cordon")
     assert r.returncode != 0 and "cordon release" in r.stderr and "ISOLATED" in r.stderr
     assert "install ok installed" in root.run("dpkg-query -W -f='${Status}' cordon", check=True).stdout
-    assert (root.path / "usr/bin/cordon").exists()
+    assert (root.path / "usr/bin/cordon").is_symlink() and (root.path / "opt/cordon/bin/cordon").is_file()
     root.set_state(AgentState(state="normal", since="2026-01-02T00:00:00Z"))
     root.run("dpkg -r cordon", check=True)
     root.run("dpkg -P cordon", check=True)
