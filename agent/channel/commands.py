@@ -53,7 +53,9 @@ class Commands:
             self.log.error("console_command_failed", command_id=cid, seq=seq, reason=str(exc))
             return self._event(cid, seq, "failed", "failure", str(exc))
         self.log.info("console_command_applied", command_id=cid, seq=seq, action=c.action)
-        return self._event(cid, seq, "applied", None, None, status)
+        ev = self._event(cid, seq, "applied", None, None, status)
+        ev["_status"] = status   # the full document, for the status bucket (not sent)
+        return ev
 
     def _apply(self, c: Command, actor: dict) -> dict:
         e = self.engine
