@@ -25,6 +25,7 @@ STATUS_EVERY_S = 30.0
 CHANGE_POLL_S = 1.0
 FETCH_WAIT_S = 5.0
 RETRY_S = (0.5, 5.0)
+REDELIVER_S = 5.0  # a command that could not be stored comes back after this
 ACK_WAIT_S = 60.0  # redelivery if the agent dies between apply and ack
 
 
@@ -159,7 +160,10 @@ class Channel:
     async def _one(self, nc, msg) -> None:
         seq = msg.metadata.sequence.stream
         event = await asyncio.to_thread(self.commands.handle, msg.subject, msg.data, seq)
-        await msg.ack_sync()                       # durable and applied (or rejected): done
+        if event.pop("redeliver", False):          # not stored: leave it to the broker to retry
+            await msg.nak(delay=REDELIVER_S)
+        else:
+            await msg.ack_sync()                   # durable and applied (or rejected): done
         status = event.pop("_status", None)
         if status is not None:                     # the apply's own read-back: no second one
             if await self._put_status(self._kv, status):
