@@ -11,7 +11,6 @@
 import os
 import shutil
 import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -58,6 +57,14 @@ def pytest_sessionfinish(session, exitstatus):
     _escaped_child_guard()
 
 
+def _stop_the_run(signum, frame):
+    """SIGTERM/SIGHUP stop the run like Ctrl-C: KeyboardInterrupt, so every `with` block,
+    lab and fixture on the way out tears down (pytest runs the pending finalizers)."""
+    if os.getpid() != RUNNER_PID:
+        os._exit(128 + signum)
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def pytest_addoption(parser):
     parser.addoption("--update-golden", action="store_true",
                      help="rewrite golden files from the current output (review the diff!)")
@@ -72,6 +79,9 @@ def missing_requirements() -> list[str]:
 
 
 def pytest_configure(config):
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop_the_run)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when inherited ignored
     if IN_CI and missing_requirements():
         raise pytest.UsageError("CI=true but missing: " + ", ".join(missing_requirements()) +
                                 "; CI must run every test (run scripts/setup.sh as root)")

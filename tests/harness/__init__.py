@@ -16,5 +16,5 @@ from .errors import CordonWrong, HarnessError
 from .lab import DEFAULT_TOPOLOGY, Host, Lab, sweep
 from .probe import ALLOWED, BLOCKED, ERROR, Probe, ProbeLoop, Result, Session, probe, run_probes
 
-__all__ = ["DEFAULT_TOPOLOGY", "Host", "Lab", "sweep", "ALLOWED", "BLOCKED", "ERROR",
+__all__ = ["netns", "CordonWrong", "HarnessError", "DEFAULT_TOPOLOGY", "Host", "Lab", "sweep", "ALLOWED", "BLOCKED", "ERROR",
            "Probe", "ProbeLoop", "Result", "Session", "probe", "run_probes"]

@@ -40,18 +40,23 @@ def _lab_trap(signum, frame):
     parent's code."""
     if os.getpid() not in _OWNERS:
         os._exit(128 + signum)
+    outer = _OUTER.get(signum)
+    if callable(outer) and outer is not signal.default_int_handler:
+        return outer(signum, frame)  # the host process has its own way to stop (pytest's runner)
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise SystemExit(128 + signum)
 
 
 _OWNERS: set[int] = set()  # pids that own a live Lab (the process that created it)
+_OUTER: dict = {}  # the handlers in place before the outermost live Lab trapped signals
 
 
 def _forget_labs_in_child() -> None:
     """After any fork: the child owns no lab and gets default signal dispositions, so a
     signal kills it rather than raising into code it copied from its parent."""
     _OWNERS.clear()
+    _OUTER.clear()
     for sig in TRAPPED:
         if signal.getsignal(sig) is _lab_trap:
             signal.signal(sig, signal.SIG_DFL)
@@ -346,12 +351,15 @@ class Lab:
         _OWNERS.add(self._owner)
         for sig in TRAPPED:
             self._old_handlers[sig] = signal.signal(sig, _lab_trap)
+            if self._old_handlers[sig] is not _lab_trap:
+                _OUTER[sig] = self._old_handlers[sig]
 
     def _restore_signals(self) -> None:
         for sig, h in self._old_handlers.items():
             signal.signal(sig, h)
         if self._old_handlers and all(signal.getsignal(s) is not _lab_trap for s in TRAPPED):
             _OWNERS.discard(self._owner)
+            _OUTER.clear()
         self._old_handlers.clear()
 
 

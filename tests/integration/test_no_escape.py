@@ -94,7 +94,7 @@ COUNT_FORKS_OPENING_A_NETNS_SOCKET = """
     import os, sys
     forks = []
     os.register_at_fork(before=lambda: forks.append(1))
-    from platforms.nft_netlink import NftSocket
+    from platforms.nftables.netlink import NftSocket
     s = NftSocket(sys.argv[1])
     here = os.readlink("/proc/self/ns/net")
     print(len(forks), s.portid > 0, os.readlink("/proc/thread-self/ns/net") == here)
@@ -113,7 +113,7 @@ def test_backend_opens_a_namespace_socket_without_forking():
 
 
 def test_missing_namespace_is_an_error_not_created():
-    from platforms.nft_netlink import NftSocket
+    from platforms.nftables.netlink import NftSocket
     with pytest.raises(FileNotFoundError):
         NftSocket("cdn-no-such-namespace")
     assert not os.path.exists("/run/netns/cdn-no-such-namespace")
