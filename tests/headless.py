@@ -138,6 +138,9 @@ class Chromium:
             self.call(f"{domain}.enable", session=session)
         self.call("Emulation.setDeviceMetricsOverride", {"width": width, "height": height,
                   "deviceScaleFactor": 1, "mobile": False}, session)
+        # Anything but a local file fails at once (and still shows in `requests`).
+        self.call("Network.setBlockedURLs", {"urls": ["http://*", "https://*", "ws://*", "wss://*", "ftp://*"]},
+                  session)
         self.call("Page.navigate", {"url": Path(path).resolve().as_uri()}, session)
         self.wait_event("Page.loadEventFired", session)
         return Page(self, session)
@@ -180,9 +183,13 @@ class Page:
         return [e["params"]["request"]["url"] for e in self._events()
                 if e["method"] == "Network.requestWillBeSent"]
 
-    def screenshot(self, path: Path) -> Path:
-        shot = self.browser.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True},
-                                 self.session)
+    def screenshot(self, path: Path, height: int | None = None) -> Path:
+        """The whole page, or only its top `height` pixels."""
+        params = {"format": "png", "captureBeyondViewport": True}
+        if height:
+            width = self.eval("document.documentElement.scrollWidth")
+            params["clip"] = {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}
+        shot = self.browser.call("Page.captureScreenshot", params, self.session)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(shot["data"]))
