@@ -10,7 +10,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 need_apt=()
-for tool in nft:nftables ip:iproute2 iperf3:iperf3 conntrack:conntrack; do
+for tool in nft:nftables ip:iproute2 iperf3:iperf3 conntrack:conntrack chromium:chromium; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")
 done
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
