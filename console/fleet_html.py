@@ -30,7 +30,7 @@ document.querySelectorAll('table.fleet th').forEach(function (th, col) {
     var rows = Array.prototype.slice.call(body.rows);
     rows.sort(function (a, b) {
       var x = a.cells[col].dataset.sort, y = b.cells[col].dataset.sort;
-      var nx = parseFloat(x), ny = parseFloat(y);
+      var nx = x === '' ? NaN : Number(x), ny = y === '' ? NaN : Number(y);
       var c = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
       return asc ? c : -c;
     });

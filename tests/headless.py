@@ -12,6 +12,7 @@ evaluate JavaScript, take a full-page screenshot.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import selectors
@@ -25,6 +26,12 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
          "--disable-default-apps", "--mute-audio", "--remote-debugging-pipe"]
+
+
+def _high(fd: int) -> int:
+    new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return new
 
 
 class BrowserError(RuntimeError):
@@ -43,10 +50,12 @@ class Chromium:
         self._profile = tempfile.mkdtemp(prefix="cordon-chromium-")
         to_browser_r, self._to_browser = os.pipe()
         self._from_browser, from_browser_w = os.pipe()
-        # The shell puts the two pipe ends on fds 3 and 4, where Chromium expects them.
+        # Move the child's ends above 10, so `3<&N 4>&M` never overwrites one with the other.
+        to_browser_r, from_browser_w = (_high(fd) for fd in (to_browser_r, from_browser_w))
+        # bash (dash takes no fd above 9) puts the two pipe ends on fds 3 and 4, where Chromium expects them.
         script = f'exec 3<&{to_browser_r} 4>&{from_browser_w}; exec "$@"'
         self.proc = subprocess.Popen(
-            ["sh", "-c", script, "sh", CHROMIUM, *FLAGS, f"--user-data-dir={self._profile}", "about:blank"],
+            ["bash", "-c", script, "bash", CHROMIUM, *FLAGS, f"--user-data-dir={self._profile}", "about:blank"],
             pass_fds=(to_browser_r, from_browser_w), stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         os.close(to_browser_r)
@@ -85,6 +94,11 @@ class Chromium:
             shutil.rmtree(self._profile, ignore_errors=True)
 
     # -- protocol -------------------------------------------------------------------
+    def _stderr_tail(self) -> str:
+        if self.proc.poll() is None or not self.proc.stderr:
+            return "(still running)"
+        return self.proc.stderr.read().decode(errors="replace")[-2000:]
+
     def _send(self, method: str, params: dict, session: str | None = None) -> int:
         self._next_id += 1
         msg = {"id": self._next_id, "method": method, "params": params}
@@ -100,7 +114,7 @@ class Chromium:
                 raise BrowserError(f"no answer from Chromium within {self.timeout}s")
             chunk = os.read(self._from_browser, 1 << 20)
             if not chunk:
-                raise BrowserError(f"Chromium closed the pipe (exit {self.proc.poll()})")
+                raise BrowserError(f"Chromium closed the pipe (exit {self.proc.poll()}): {self._stderr_tail()}")
             self._buf += chunk
         raw, _, self._buf = self._buf.partition(b"\0")
         return json.loads(raw)
