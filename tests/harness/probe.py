@@ -257,7 +257,12 @@ class ProbeLoop:
     """
 
     def __init__(self, lab, must_pass=(), must_block=(), interval: float = 0.05,
-                 timeout: float = 0.5) -> None:
+                 timeout: float | None = None) -> None:
+        # A round trip slower than this counts as a loss. 0.5 s on an idle machine (below
+        # TCP's 1 s SYN retransmit, so a dropped SYN is not hidden), scaled with the load:
+        # a busy machine delays the responder, not the firewall's verdict.
+        from .lab import load_factor
+        timeout = 0.5 * load_factor() if timeout is None else timeout
         self.lab, self.interval, self.timeout = lab, interval, timeout
         self.must_pass, self.must_block = list(must_pass), list(must_block)
         self.report = LoopReport()
@@ -302,7 +307,7 @@ class ProbeLoop:
 
     def start(self) -> "ProbeLoop":
         self._thread.start()
-        deadline = time.monotonic() + 2
+        deadline = time.monotonic() + 30  # guards a hang; the event is the first round
         while self.report.rounds < 1 and time.monotonic() < deadline:
             time.sleep(0.005)
         return self
