@@ -218,8 +218,11 @@ async def probe_many(lab, probes, timeout: float = 1.0, concurrency: int = 256) 
 
 
 def run_probes(lab, probes, timeout: float = 1.0, concurrency: int = 256) -> list[Result]:
-    """Run a batch of probes concurrently; results in the order of `probes`."""
-    return asyncio.run(probe_many(lab, list(probes), timeout, concurrency))
+    """Run a batch of probes concurrently; results in the order of `probes`. `timeout` is
+    for an idle machine and scales with the load (lab.load_factor): a busy machine delays
+    the responders, and a slow echo must not read as a blocked or lost flow."""
+    from .lab import load_factor
+    return asyncio.run(probe_many(lab, list(probes), timeout * load_factor(), concurrency))
 
 
 def probe(lab, src: str, dst: str, proto: str, port: int | None = None, family: int = 4,
