@@ -6,10 +6,12 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
+from agent.channel.settings import ConsoleConfig, uncovered_servers
 from agent.errors import FieldError, InvalidInput, from_pydantic
-from agent.fields import Address, HostAddress, Ports, Protocol
+from agent.fields import Address, HostAddress, Name, Ports, Protocol, check_icmp_ports
 
 DEFAULT_PATH = "/etc/cordon/agent.toml"
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -18,10 +20,17 @@ MAX_CONFIG_BYTES = 1024 * 1024
 class VendorEndpoint(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
+    # The same field rules as a policy exception (a typo here must not fail later,
+    # while isolating): field order matters, `ports` is checked against `protocol`.
     address: Address
     protocol: Protocol
     ports: Ports
-    name: str | None = None
+    name: Name | None = None
+
+    @field_validator("ports")
+    @classmethod
+    def _icmp_any_port(cls, v: str, info: ValidationInfo) -> str:
+        return check_icmp_ports(info.data.get("protocol"), v)
 
 
 class Vendor(BaseModel):
@@ -48,6 +57,7 @@ class Config(BaseModel):
     control_socket: str = "/run/cordon/control.sock"
     vendor: Vendor
     exceptions: ExceptionsConfig = ExceptionsConfig()
+    console: ConsoleConfig | None = None   # DESIGN §10; absent = local control only
 
     @field_validator("state_dir", "control_socket")
     @classmethod
@@ -55,6 +65,15 @@ class Config(BaseModel):
         if not v or not os.path.isabs(v) or "\0" in v:
             raise ValueError("must be an absolute path")
         return v
+
+    @model_validator(mode="after")
+    def _console_is_a_vendor_flow(self) -> "Config":
+        if self.console is not None:
+            bad = uncovered_servers(self.console, self.vendor.endpoints)
+            if bad:
+                raise ValueError(f"console.servers: {bad[0]} is not covered by [vendor].endpoints "
+                                 "(isolation would cut the console channel)")
+        return self
 
     @property
     def audit_log(self) -> Path:
@@ -77,7 +96,10 @@ def load_config(path: str) -> Config:
         doc = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput(FieldError("", f"{path} is not valid TOML: {exc}"), "config") from None
-    return parse_config(doc)
+    config = parse_config(doc)
+    from agent.compile import check_enforceable  # compile imports this module
+    check_enforceable(config)
+    return config
 
 
 def parse_config(doc: dict) -> Config:

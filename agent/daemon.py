@@ -7,13 +7,16 @@ import signal
 import socket
 import threading
 
+from agent import channel as console_channel
+from agent import instance, log as audit
 from agent.config import Config
 from agent.engine import Engine
 from agent.errors import ApplyFailed
-from agent.log import configure
+from agent.log import RateLimited, audit_log_path, configure, reopen_audit_log
 from agent.server import ControlServer
 from agent.store import Store
 from platforms import backend_class
+from platforms.base import BackendUnavailable
 
 VERIFY_INTERVAL_S = 0.5   # tamper check when the backend offers no change events
 EVENT_VERIFY_S = 5.0      # slow safety-net check when it does
@@ -34,7 +37,36 @@ def sd_notify(message: str) -> None:
             pass
 
 
-def watch(engine: Engine, stop: threading.Event, log) -> None:
+class ServiceNotifier:
+    """systemd's view of the agent: READY=1 only once the firewall enforces what the stored
+    state says (DESIGN §8), and a STATUS= line whenever what `systemctl status` should say
+    changes."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self._status = None
+
+    def update(self, engine: Engine, problem: str | None = None) -> None:
+        s = engine.state
+        if problem is not None:
+            text = f"NOT ENFORCING the stored state ({s.state}): {problem}; retrying"
+        elif s.state != "isolated":
+            text = "normal: no Cordon rules in force"
+        elif s.mode == "strict":
+            text = "isolated (strict): vendor only"
+        else:
+            version = s.isolation_policy.version if s.isolation_policy else None
+            text = f"isolated (standard), policy {f'v{version}' if version else 'none'}"
+        if problem is None and not self.ready:
+            self.ready = True
+            sd_notify(f"READY=1\nSTATUS={text}")
+            self._status = text
+        elif text != self._status:
+            sd_notify(f"STATUS={text}")
+            self._status = text
+
+
+def watch(engine: Engine, stop: threading.Event, log, notifier: ServiceNotifier | None = None) -> None:
     """Re-apply within a second when the rules in force differ from the plan."""
     events = engine.backend.capabilities().change_events
     watchdog_s = int(os.environ.get("WATCHDOG_USEC", "0")) / 2e6
@@ -51,7 +83,11 @@ def watch(engine: Engine, stop: threading.Event, log) -> None:
         try:
             engine.reconcile()
             backoff = 0.0
+            if notifier is not None:
+                notifier.update(engine)
         except Exception as exc:  # the watch must outlive any single failure
+            if notifier is not None:
+                notifier.update(engine, problem=str(exc) or repr(exc))
             if not isinstance(exc, ApplyFailed):  # ApplyFailed is already logged as apply_failed
                 log.error("watch_failed", error=repr(exc))
             backoff = min(MAX_BACKOFF_S, max(MIN_BACKOFF_S, backoff * 2))
@@ -60,12 +96,24 @@ def watch(engine: Engine, stop: threading.Event, log) -> None:
 
 
 def run(config: Config) -> int:
-    log = configure(config.audit_log)
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: reopen_audit_log())  # before anything else
+    # Before anything touches the state dir, the socket or the firewall: a safe dir, and
+    # only one agent per state dir (a second one must not take the socket over).
+    instance.check_state_dir(config.state_dir)
+    lock_fd = instance.acquire(config.state_dir)  # noqa: F841 - held until the process exits
+    log = configure(audit_log_path(config.audit_log))
+    notifier = ServiceNotifier()
     backend = backend_class(config.backend)(state_dir=config.state_dir)
-    probes = backend.probe()  # kernel-dependent capabilities, tried in this namespace
+    try:
+        probes = backend.probe()  # kernel-dependent capabilities, tried in this namespace
+    except BackendUnavailable:
+        raise
+    except Exception as exc:  # a failed probe must not stop an agent that may be isolating
+        log.error("backend_probe_failed", error=repr(exc))
+        probes = []
     log.info("backend_probed", backend=backend.name,
              probes=[{"name": p.name, "present": p.present, "evidence": p.evidence} for p in probes])
-    engine = Engine(config, Store(config.state_dir), backend, log)
+    engine = Engine(config, Store(config.state_dir), backend, log, health=audit.health)
     stop = threading.Event()
 
     def on_signal(signum, _frame):
@@ -74,19 +122,28 @@ def run(config: Config) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
+    start_problem = None
     try:
         engine.start()   # enforcement first: nothing is served before it holds
-    except ApplyFailed as exc:
-        log.error("start_degraded", error=str(exc))  # keep running: the watch retries
-    server = ControlServer(config.control_socket, engine, log)
+    except BackendUnavailable:
+        raise    # this backend cannot run here at all: exit 1 with the reason
+    except Exception as exc:  # anything else: stay up in the most isolated state; the watch retries
+        engine.degraded = engine.degraded or f"start failed: {exc}"
+        log.error("start_degraded", error=repr(exc))
+    start_problem = engine.degraded  # the engine degrades instead of raising (issue 14)
+    server = ControlServer(config.control_socket, engine, log, rejections=RateLimited(log))
+    # The release gate is in place before the socket serves; the channel has its own thread.
+    channel = console_channel.start(config, engine, server, log)
     threading.Thread(target=server.serve_forever, name="control", daemon=True).start()
-    threading.Thread(target=watch, args=(engine, stop, log), name="watch", daemon=True).start()
     log.info("agent_started", pid=os.getpid(), backend=backend.name, sensor_type=config.sensor_type,
              state=engine.state.state, mode=engine.state.mode)
-    sd_notify("READY=1")
+    notifier.update(engine, problem=start_problem)  # READY=1 only if the start enforced the state
+    threading.Thread(target=watch, args=(engine, stop, log, notifier), name="watch", daemon=True).start()
     while not stop.wait(3600):
         pass
     sd_notify("STOPPING=1")
+    if channel is not None:
+        channel.stop()
     server.close()
     backend.close()    # handles only: isolation stays in force where the platform allows
     log.info("agent_stopped", state=engine.state.state)

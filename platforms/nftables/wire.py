@@ -6,6 +6,7 @@ kernel uapi (include/uapi/linux/netfilter/nf_tables.h, nfnetlink.h).
 """
 from __future__ import annotations
 
+import functools
 import socket
 import struct
 
@@ -199,8 +200,10 @@ def set_ref_body(name: str, gen: str) -> bytes:
     return s(NFTA_SET_ELEM_LIST_TABLE, TABLE) + s(NFTA_SET_ELEM_LIST_SET, set_name(name, gen))
 
 
+@functools.lru_cache(maxsize=256)
 def rule_body(chain: str, rule, gen: str) -> bytes:
-    """`rule`: a vocabulary.Rule; it encodes its own expressions and tag."""
+    """`rule`: a vocabulary.Rule (frozen, so the few distinct bodies are kept); it
+    encodes its own expressions and tag."""
     exprs, udata = rule.encode(gen)
     return (s(NFTA_RULE_TABLE, TABLE) + s(NFTA_RULE_CHAIN, chain)
             + nest(NFTA_RULE_EXPRESSIONS, exprs) + attr(NFTA_RULE_USERDATA, udata))

@@ -180,10 +180,11 @@ def mentioned_ports(config: dict, policies=()) -> list[int]:
     return sorted(ports | set(_unmentioned(rules)[:2]))
 
 
-def probe_set(lab, config: dict, policies=(), families=(4, 6)) -> list[Probe]:
+def probe_set(lab, config: dict, policies=(), families=(4, 6), skip_ports=()) -> list[Probe]:
     """endpoint -> each host and each host -> endpoint, tcp/udp on the mentioned ports and
     icmp, both families; a source-port trick from peers that the endpoint may reach on a
-    port; and behind -> outside (the forward path)."""
+    port; and behind -> outside (the forward path). `skip_ports`: ports a lab service
+    (the console's broker) holds, so no responder can listen there; never probed."""
     rules = _mentioned_rules(config, policies)
     ports = mentioned_ports(config, policies)
     services = [(proto, port) for proto in ("tcp", "udp") for port in ports] + [("icmp", None)]
@@ -206,4 +207,5 @@ def probe_set(lab, config: dict, policies=(), families=(4, 6)) -> list[Probe]:
             if ipaddress.ip_address(lab.addr(peer, 4)) in r.network:
                 for proto in sorted(r.protos - {"icmp"}):
                     probes.append(Probe(peer, "endpoint", proto, dport, 4, sport=r.ports[0][0]))
-    return list(dict.fromkeys(probes))
+    skip = set(skip_ports)
+    return [p for p in dict.fromkeys(probes) if p.port not in skip and p.sport not in skip]
