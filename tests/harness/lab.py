@@ -181,7 +181,7 @@ class Lab:
             json.dump({"pid": os.getpid(), "start": _start_time(os.getpid())}, f)
         self.rundir = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{self.runid}-")
         for name in ["router", *self.hosts]:
-            netns.ip("netns", "add", self.ns(name))
+            netns.add(self.ns(name))
             self.namespaces.append(self.ns(name))
         for h in self.topology:
             self._link(h)

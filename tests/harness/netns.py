@@ -27,6 +27,17 @@ def ip(*args: str, ns: str | None = None, input: str | None = None) -> str:
     return r.stdout
 
 
+def add(ns: str) -> None:
+    """Create a named namespace; with $CORDON_NETNS_LOG set (scripts/test.sh), also note
+    its name there, so the run can check that everything it created is gone, without
+    mistaking other people's namespaces on a shared machine for its own leftovers."""
+    ip("netns", "add", ns)
+    log = os.environ.get("CORDON_NETNS_LOG")
+    if log:
+        with open(log, "a") as f:
+            f.write(ns + "\n")
+
+
 def exec_argv(ns: str, *argv: str) -> list[str]:
     return ["ip", "netns", "exec", ns, *argv]
 

@@ -218,8 +218,11 @@ async def probe_many(lab, probes, timeout: float = 1.0, concurrency: int = 256) 
 
 
 def run_probes(lab, probes, timeout: float = 1.0, concurrency: int = 256) -> list[Result]:
-    """Run a batch of probes concurrently; results in the order of `probes`."""
-    return asyncio.run(probe_many(lab, list(probes), timeout, concurrency))
+    """Run a batch of probes concurrently; results in the order of `probes`. `timeout` is
+    for an idle machine and scales with the load (lab.load_factor): a busy machine delays
+    the responders, and a slow echo must not read as a blocked or lost flow."""
+    from .lab import load_factor
+    return asyncio.run(probe_many(lab, list(probes), timeout * load_factor(), concurrency))
 
 
 def probe(lab, src: str, dst: str, proto: str, port: int | None = None, family: int = 4,
@@ -257,7 +260,12 @@ class ProbeLoop:
     """
 
     def __init__(self, lab, must_pass=(), must_block=(), interval: float = 0.05,
-                 timeout: float = 0.5) -> None:
+                 timeout: float | None = None) -> None:
+        # A round trip slower than this counts as a loss. 0.5 s on an idle machine (below
+        # TCP's 1 s SYN retransmit, so a dropped SYN is not hidden), scaled with the load:
+        # a busy machine delays the responder, not the firewall's verdict.
+        from .lab import load_factor
+        timeout = 0.5 * load_factor() if timeout is None else timeout
         self.lab, self.interval, self.timeout = lab, interval, timeout
         self.must_pass, self.must_block = list(must_pass), list(must_block)
         self.report = LoopReport()
@@ -302,7 +310,7 @@ class ProbeLoop:
 
     def start(self) -> "ProbeLoop":
         self._thread.start()
-        deadline = time.monotonic() + 2
+        deadline = time.monotonic() + 30  # guards a hang; the event is the first round
         while self.report.rounds < 1 and time.monotonic() < deadline:
             time.sleep(0.005)
         return self

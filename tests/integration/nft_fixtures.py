@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 from platforms.nftables import NftablesBackend
+from tests.harness import netns
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ def nft_backend(lab):
 def bare_namespace():
     """A namespace with only loopback, removed afterwards (and its tables with it)."""
     ns = f"cdn-nft-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
+    netns.add(ns)
     try:
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
         yield ns

@@ -163,7 +163,11 @@ def test_every_rendered_line_has_a_catalogued_shape_and_every_shape_is_produced(
 def expected(plan: Plan, direction: str, proto: str, remote: str, remote_port, local_port) -> str:
     """The contract (DESIGN.md 1), computed from the plan's flows, not from pf text."""
     addr = ipaddress.ip_address(remote)
-    if plan.dhcp and proto == "udp" and (local_port, remote_port) == (68, 67):
+    # DHCP only as DHCP: the client (68) asks the broadcast address (67); a DHCP-shaped
+    # packet from or to anyone else is a plain UDP packet. (No lease is known here, so no
+    # unicast server; an inbound 67 -> 68 that opens a flow is an unsolicited offer.)
+    if plan.dhcp and proto == "udp" and direction == "out" and remote == "255.255.255.255" \
+            and (local_port, remote_port) == (68, 67):
         return "pass"
     service = remote_port if direction == "out" else local_port
     for f in plan.flows:
@@ -196,10 +200,16 @@ def probes(plan: Plan):
             yield "in", proto, addr, 50000, 22
         yield "out", "icmp", addr, None, None
     yield "out", "udp", "255.255.255.255", 67, 68
-    yield "in", "udp", "192.0.2.1", 67, 68
+    yield "out", "udp", "203.0.113.77", 67, 68   # DHCP-shaped, to a stranger
+    yield "in", "udp", "192.0.2.1", 67, 68       # an unsolicited "offer"
 
 
-@pytest.mark.parametrize("name", [n for n in GOLDEN_NAMES if n != "normal"])
+DHCP_ANY = pytest.mark.xfail(strict=True, reason="issue 19: the pf anchor passes udp 68->67 "
+                                                  "to any address, not only DHCP to the broadcast/leased server")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=DHCP_ANY) if plan_for(n).dhcp else n
+                                  for n in GOLDEN_NAMES if n != "normal"])
 def test_loaded_anchor_allows_exactly_the_plan(name, tmp_path):
     plan = plan_for(name)
     fake = FakePfctl()

@@ -135,12 +135,13 @@ def build(outbound: bool, proto: int, peer: str, sport: int, dport: int, flags: 
 
 
 def oracle(plan: Plan, outbound, proto, peer, sport, dport, flags, icmp_type, learned) -> bool:
-    """Allowed? Straight from the plan's meaning. `learned`: the host sent UDP to (peer, sport)
-    from its port dport before (only matters for replies of exception UDP out flows)."""
-    syn_only = proto == 6 and flags & 0x02 and not flags & 0x10
+    """Allowed? From DESIGN 1, not from the compiler. A flow lets one side open
+    connections (the host for `out`, the peer for `in`); packets of the other direction
+    pass only as replies of a connection that side opened (`learned`), never because of
+    their source port ("no stateless 'source port 443 is a reply' shortcut"). DHCP is
+    DHCP only, to the broadcast address or the leased server: no peer here is either."""
     pname = {6: "tcp", 17: "udp", 1: "icmp"}.get(proto, "other")
-    if plan.dhcp and proto == 17 and (sport, dport) == ((68, 67) if outbound else (67, 68)):
-        return True
+    syn_only = proto == 6 and flags & 0x02 and not flags & 0x10  # opens; never a reply
     for f in plan.flows:
         if ipaddress.IPv4Address(peer) not in f.ip_network or f.protocol not in (pname, "any"):
             continue
@@ -148,22 +149,19 @@ def oracle(plan: Plan, outbound, proto, peer, sport, dport, flags, icmp_type, le
         def has(port):
             return not f.ports or any(r.first <= port <= r.last for r in f.ports)
         originating = outbound == (f.direction == "out")
-        if pname == "other":
-            if originating or f.direction == "in":
+        if pname in ("other", "icmp"):
+            if originating or learned:
                 return True
             continue
-        if pname == "icmp":
-            if originating or icmp_type in (0, 3, 11):
-                return True
-            continue
-        if originating and has(dport if outbound else dport):
+        if originating and has(dport):
             return True
-        if not originating and has(sport) and not syn_only:
-            if pname == "tcp" or f.direction == "in":
-                return True
-            if f.origin != "exception" or learned:  # vendor/DNS UDP: stateless by design
-                return True
+        if not originating and learned and has(sport) and not syn_only:
+            return True
     return False
+
+
+def _dhcp_shaped(proto, sport, dport) -> bool:
+    return proto == 17 and {sport, dport} == {67, 68}
 
 
 def enforce(plan: Plan, pkt, learned: bool) -> bool:
@@ -185,16 +183,50 @@ PEERS = ["198.51.100.10", "198.51.100.53", "203.0.113.5", "203.0.113.1", "203.0.
 PORTS = [22, 53, 67, 68, 123, 443, 3389, 5005, 6010, 8003, 40000]
 
 
-@pytest.mark.parametrize("name", ["zero_exceptions", "strict", "cidrs", "fifty_fifty"])
+CIDRS_GAP = pytest.mark.xfail(strict=True, reason="issue 19: on the cidrs plan the compiled WinDivert "
+                                                   "handles and the contract disagree on some packets "
+                                                   "of opened flows (hypothesis prints the example)")
+
+
+@pytest.mark.parametrize("name", ["zero_exceptions", "strict", pytest.param("cidrs", marks=CIDRS_GAP),
+                                  "fifty_fifty"])
 @settings(max_examples=400, deadline=None)
 @given(outbound=st.booleans(), proto=st.sampled_from([6, 17, 1, 47]), peer=st.sampled_from(PEERS),
        sport=st.sampled_from(PORTS), dport=st.sampled_from(PORTS), flags=st.sampled_from([0x02, 0x12, 0x10, 0x18, 0x04]),
-       icmp_type=st.sampled_from([0, 3, 8, 11, 13]), learned=st.booleans())
-def test_enforced_verdict_matches_the_oracle(name, outbound, proto, peer, sport, dport, flags, icmp_type, learned):
+       icmp_type=st.sampled_from([0, 3, 8, 11, 13]))
+def test_enforced_verdict_matches_the_contract_on_opened_flows(name, outbound, proto, peer, sport, dport,
+                                                               flags, icmp_type):
+    """Every packet of a connection the allowed side opened (learned=True): the contract
+    and the compiled handles must agree. Stateless replies and DHCP: the next test."""
+    from hypothesis import assume
+    assume(not _dhcp_shaped(proto, sport, dport))
+    # WinDivert keeps no state for protocols other than TCP/UDP/ICMP, so their replies
+    # are dropped: a gap in function (fails closed), not a leak; not judged here.
+    assume(proto in (1, 6, 17) or outbound)
     plan = PLANS[name]()
     pkt = build(outbound, proto, peer, sport, dport, flags, icmp_type)
-    want = oracle(plan, outbound, proto, peer, sport, dport, flags, icmp_type, learned)
-    assert enforce(plan, pkt, learned) == want
+    want = oracle(plan, outbound, proto, peer, sport, dport, flags, icmp_type, True)
+    assert enforce(plan, pkt, True) == want
+
+
+STATELESS = pytest.mark.xfail(strict=True, reason="issue 19: WinDivert passes replies by source "
+                                                  "port/protocol without a connection the host opened")
+DHCP_ANY = pytest.mark.xfail(strict=True, reason="issue 19: WinDivert passes udp 68<->67 to and "
+                                                 "from any address, not only DHCP")
+
+
+@pytest.mark.parametrize("outbound, proto, peer, sport, dport, flags", [
+    pytest.param(False, 6, "198.51.100.10", 443, 40000, 0x10, marks=STATELESS, id="tcp-ack-from-vendor-443"),
+    pytest.param(False, 17, "198.51.100.53", 53, 40000, 0, marks=STATELESS, id="udp-from-dns-53"),
+    pytest.param(False, 17, "198.51.100.10", 443, 40000, 0, id="udp-from-vendor-443"),
+    pytest.param(True, 17, "203.0.113.200", 68, 67, 0, marks=DHCP_ANY, id="dhcp-to-a-stranger"),
+    pytest.param(False, 17, "203.0.113.200", 67, 68, 0, marks=DHCP_ANY, id="unsolicited-dhcp-offer"),
+])
+def test_no_stateless_replies_and_no_dhcp_to_strangers(outbound, proto, peer, sport, dport, flags):
+    """Packets no connection explains: the contract blocks each (oracle, learned=False)."""
+    plan = plan_zero()
+    assert oracle(plan, outbound, proto, peer, sport, dport, flags, 0, False) is False
+    assert enforce(plan, build(outbound, proto, peer, sport, dport, flags, 0), False) is False
 
 
 @pytest.mark.parametrize("name", sorted(PLANS))
