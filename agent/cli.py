@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from agent import client
+from agent import __version__, client
 from agent.config import Config, config_path, load_config
 from agent.errors import EXIT_FAILURE, EXIT_OK, AgentNotRunning, CordonError, FieldError, InvalidInput
 from agent.policy import MAX_POLICY_BYTES, parse_json, validate_policy
@@ -33,11 +33,26 @@ def _print_json(obj) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True))
 
 
+def _enforcement_row(st: dict) -> tuple[str, str]:
+    """What the firewall holds, in words that cannot be misread: in state normal, "enforcing"
+    means "no Cordon rules", never "isolation enforced"."""
+    be = st.get("backend") or {}
+    enforcing, isolated = be.get("enforcing"), st.get("state") == "isolated"
+    if enforcing is None:
+        return ("firewall", f"unknown: {be.get('reason') or 'not read back'}")
+    if not isolated:
+        return ("firewall", "no Cordon rules installed (read back): the host is not restricted" if enforcing
+                else "Cordon rules are still present although the state is normal")
+    return ("isolation enforced", "yes (read back from the firewall)" if enforcing
+            else "NO: the rules in force differ from what isolation needs")
+
+
 def _print_status(st: dict, *, live: bool) -> None:
-    pol, be, ag = st.get("policy", {}), st.get("backend", {}), st.get("agent", {})
-    state = st["state"] + (f" ({st['mode']})" if st.get("mode") else "")
+    pol, be, ag = st.get("policy") or {}, st.get("backend") or {}, st.get("agent") or {}
+    state = (st["state"] or "UNKNOWN") + (f" ({st['mode']})" if st.get("mode") else "")
     rows = [
         ("state", state),
+        *([("state problem", st["state_error"])] if st.get("state_error") else []),
         ("since", st.get("since") or "-"),
         ("reason", st.get("reason") or "-"),
         ("sensor type", st.get("sensor_type", "-")),
@@ -46,16 +61,18 @@ def _print_status(st: dict, *, live: bool) -> None:
     ]
     if pol.get("pending_version"):
         rows.append(("policy pending", f"{pol['pending_version']} (enforced at the next isolate)"))
+    rows += [("backend", be.get("name") or "-"), _enforcement_row(st)]
+    if be.get("survives_agent_exit") is not None:
+        rows.append(("survives agent exit", "yes" if be["survives_agent_exit"] else "no: enforcement depends on the live agent"))
     if live:
         rows += [
-            ("backend", be.get("name")),
-            ("enforcing", "yes (read back from the firewall)" if be.get("enforcing") else "NO: rules in force differ from the plan"),
-            ("survives agent exit", "yes" if be.get("survives_agent_exit") else "no: enforcement depends on the live agent"),
             *[("backend problem", p) for p in (be.get("details") or {}).get("problems", [])],
+            *[("capability", f"{p['name']}: {'yes' if p['present'] else 'no'} ({p['evidence']})")
+              for p in be.get("probes") or []],
             ("agent", f"pid {ag.get('pid')}, version {ag.get('version')}, up {ag.get('uptime_s')} s"),
         ]
     else:
-        rows.append(("agent", "NOT RUNNING (showing the persisted state)"))
+        rows.append(("agent", "NOT RUNNING (showing the stored state)"))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
@@ -72,14 +89,8 @@ def cmd_status(args) -> int:
     try:
         st = client.call(config.control_socket, "status")
     except AgentNotRunning as exc:
-        from agent.store import Store, StateCorrupt
-        try:
-            s = Store(config.state_dir).load()
-        except (StateCorrupt, OSError) as err:
-            print(f"cordon: {exc}; persisted state unreadable: {err}", file=sys.stderr)
-            return exc.exit_code
-        from agent.engine import state_view
-        st = {**state_view(s, config.sensor_type), "backend": None, "agent": None}
+        from agent.offline_status import offline_status
+        st = offline_status(config)
         if args.json:
             _print_json(st)
         else:
@@ -102,7 +113,8 @@ def cmd_isolate(args) -> int:
 
 def cmd_release(args) -> int:
     config = _config(args)
-    st = client.call(config.control_socket, "release", {"reason": args.reason})
+    request = {"reason": args.reason} | ({"token": args.token} if args.token is not None else {})
+    st = client.call(config.control_socket, "release", request)
     print(f"released; rules present: {'yes' if st['backend']['rules_present'] else 'no'}")
     return EXIT_OK
 
@@ -156,10 +168,27 @@ def cmd_rules(args) -> int:
     config = _config(args)
     policy = None
     if args.policy:
-        policy = validate_policy(_read_policy_file(args.policy), max_per_direction=config.exceptions.max_per_direction)
+        try:
+            policy = validate_policy(_read_policy_file(args.policy), max_per_direction=config.exceptions.max_per_direction)
+        except InvalidInput as exc:
+            exc.what = f"policy {args.policy}"
+            raise
     plan = compile_plan(config, policy, "strict" if args.strict else "standard")
     name = args.backend or config.backend
-    print(backend_class(name)(state_dir=None).render(plan), end="")
+    print(backend_class(name, check_support=False)(state_dir=None).render(plan), end="")
+    return EXIT_OK
+
+
+def cmd_config_check(args) -> int:
+    path = args.file or config_path(args.config)
+    try:
+        config = load_config(path)
+    except InvalidInput as exc:
+        exc.what = f"config {path}"
+        raise
+    console = "console channel configured" if getattr(config, "console", None) else "local control only"
+    print(f"{path}: valid (sensor_type {config.sensor_type}, backend {config.backend}, "
+          f"{len(config.vendor.endpoints)} vendor endpoint(s), {console})")
     return EXIT_OK
 
 
@@ -168,37 +197,47 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default=argparse.SUPPRESS, metavar="PATH",
                         help="agent config (default: $CORDON_CONFIG, else /etc/cordon/agent.toml)")
-    p = argparse.ArgumentParser(prog="cordon", parents=[common], description="Cordon endpoint isolation agent")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="cordon", parents=[common], description="Cordon endpoint isolation agent",
+                                epilog="exit codes: 0 ok, 1 failure, 2 invalid input, 3 agent not running, 4 not permitted")
+    p.add_argument("--version", action="version", version=f"cordon {__version__}", help="print the version and exit")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("run", parents=[common], help="run the agent (service entry point)").set_defaults(func=cmd_run)
-    s = sub.add_parser("status", parents=[common], help="show state; any local user")
-    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("status", parents=[common], help="show state, policy versions and what the firewall holds; any local user")
+    s.add_argument("--json", action="store_true", help="print the status document as JSON")
     s.set_defaults(func=cmd_status)
     s = sub.add_parser("isolate", parents=[common], help="isolate this host (root)")
-    s.add_argument("--strict", action="store_true", help="no exceptions at all")
-    s.add_argument("--reason", metavar="TEXT")
+    s.add_argument("--strict", action="store_true", help="vendor only: no exceptions at all")
+    s.add_argument("--reason", metavar="TEXT", help="why (kept in the state and the audit log)")
     s.set_defaults(func=cmd_isolate)
     s = sub.add_parser("release", parents=[common], help="release isolation (root)")
-    s.add_argument("--reason", metavar="TEXT")
+    s.add_argument("--reason", metavar="TEXT", help="why (kept in the state and the audit log)")
+    s.add_argument("--token", metavar="TOKEN", help="offline release token from the console (needed when [console] is configured)")
     s.set_defaults(func=cmd_release)
 
-    pol = sub.add_parser("policy", parents=[common], help="exceptions policy").add_subparsers(dest="policy_command", required=True)
+    pol = sub.add_parser("policy", parents=[common], help="exceptions policy: set, show, validate").add_subparsers(
+        dest="policy_command", required=True, metavar="ACTION")
     s = pol.add_parser("set", parents=[common], help="submit a policy (root)")
     s.add_argument("file", help="policy JSON file, or - for stdin")
     s.set_defaults(func=cmd_policy_set)
-    s = pol.add_parser("show", parents=[common])
-    s.add_argument("--json", action="store_true")
+    s = pol.add_parser("show", parents=[common], help="show the stored policy")
+    s.add_argument("--json", action="store_true", help="print the stored policy as JSON")
     s.set_defaults(func=cmd_policy_show)
-    s = pol.add_parser("validate", parents=[common], help="check a policy file (no agent needed)")
-    s.add_argument("file")
+    s = pol.add_parser("validate", parents=[common], help="check a policy file (no agent, no privileges needed)")
+    s.add_argument("file", help="policy JSON file, or - for stdin")
     s.set_defaults(func=cmd_policy_validate)
 
-    s = sub.add_parser("rules", parents=[common], help="print what a backend would install")
-    s.add_argument("--backend", choices=["nftables", "pf", "windivert"])
-    s.add_argument("--policy", metavar="FILE")
-    s.add_argument("--strict", action="store_true")
+    s = sub.add_parser("rules", parents=[common], help="print what a backend would install, without installing it")
+    s.add_argument("--backend", choices=["nftables", "pf", "windivert"], help="backend to render for (default: the config's)")
+    s.add_argument("--policy", metavar="FILE", help="exceptions policy to include (default: none)")
+    s.add_argument("--strict", action="store_true", help="render strict isolation (no exceptions)")
     s.set_defaults(func=cmd_rules)
+
+    cfg = sub.add_parser("config", parents=[common], help="agent config: check").add_subparsers(
+        dest="config_command", required=True, metavar="ACTION")
+    s = cfg.add_parser("check", parents=[common], help="check an agent config file (exit 0 valid, 2 invalid)")
+    s.add_argument("file", nargs="?", metavar="FILE", help="config to check (default: the one --config resolves to)")
+    s.set_defaults(func=cmd_config_check)
     return p
 
 

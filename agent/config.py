@@ -6,8 +6,9 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator, model_validator
 
+from agent.channel.settings import ConsoleConfig, uncovered_servers
 from agent.errors import FieldError, InvalidInput, from_pydantic
 from agent.fields import Address, HostAddress, Ports, Protocol
 
@@ -48,6 +49,7 @@ class Config(BaseModel):
     control_socket: str = "/run/cordon/control.sock"
     vendor: Vendor
     exceptions: ExceptionsConfig = ExceptionsConfig()
+    console: ConsoleConfig | None = None   # DESIGN §10; absent = local control only
 
     @field_validator("state_dir", "control_socket")
     @classmethod
@@ -55,6 +57,15 @@ class Config(BaseModel):
         if not v or not os.path.isabs(v) or "\0" in v:
             raise ValueError("must be an absolute path")
         return v
+
+    @model_validator(mode="after")
+    def _console_is_a_vendor_flow(self) -> "Config":
+        if self.console is not None:
+            bad = uncovered_servers(self.console, self.vendor.endpoints)
+            if bad:
+                raise ValueError(f"console.servers: {bad[0]} is not covered by [vendor].endpoints "
+                                 "(isolation would cut the console channel)")
+        return self
 
     @property
     def audit_log(self) -> Path:

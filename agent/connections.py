@@ -12,16 +12,6 @@ from platforms.plan import Plan
 _PROTO = {socket.SOCK_STREAM: "tcp", socket.SOCK_DGRAM: "udp"}
 
 
-def _allowed(plan: Plan, proto: str, local_port: int, remote_ip, remote_port: int) -> bool:
-    for f in plan.flows:
-        if f.protocol not in (proto, "any") or remote_ip not in f.ip_network:
-            continue
-        port = remote_port if f.direction == "out" else local_port
-        if not f.ports or any(r.first <= port <= r.last for r in f.ports):
-            return True
-    return False
-
-
 def cut_by(plan: Plan) -> list[dict]:
     """Established connections (and connected UDP sockets) that `plan` does not allow."""
     cut = []
@@ -36,7 +26,7 @@ def cut_by(plan: Plan) -> list[dict]:
         if remote.is_loopback:
             continue
         proto = _PROTO.get(c.type, "other")
-        if remote.version == 4 and _allowed(plan, proto, c.laddr.port, remote, c.raddr.port):
+        if remote.version == 4 and plan.allows(proto, remote, c.laddr.port, c.raddr.port):
             continue
         try:
             name = psutil.Process(c.pid).name() if c.pid else None

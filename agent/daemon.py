@@ -7,10 +7,11 @@ import signal
 import socket
 import threading
 
+from agent import channel as console_channel
 from agent.config import Config
 from agent.engine import Engine
 from agent.errors import ApplyFailed
-from agent.log import configure
+from agent.log import audit_log_path, configure, reopen_audit_log
 from agent.server import ControlServer
 from agent.store import Store
 from platforms import backend_class
@@ -34,16 +35,45 @@ def sd_notify(message: str) -> None:
             pass
 
 
-def watch(engine: Engine, stop: threading.Event, log) -> None:
+class ServiceNotifier:
+    """systemd's view of the agent: READY=1 only once the firewall enforces what the stored
+    state says (DESIGN §8), and a STATUS= line whenever what `systemctl status` should say
+    changes."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self._status = None
+
+    def update(self, engine: Engine, problem: str | None = None) -> None:
+        s = engine.state
+        if problem is not None:
+            text = f"NOT ENFORCING the stored state ({s.state}): {problem}; retrying"
+        elif s.state != "isolated":
+            text = "normal: no Cordon rules in force"
+        elif s.mode == "strict":
+            text = "isolated (strict): vendor only"
+        else:
+            version = s.isolation_policy.version if s.isolation_policy else None
+            text = f"isolated (standard), policy {f'v{version}' if version else 'none'}"
+        if problem is None and not self.ready:
+            self.ready = True
+            sd_notify(f"READY=1\nSTATUS={text}")
+            self._status = text
+        elif text != self._status:
+            sd_notify(f"STATUS={text}")
+            self._status = text
+
+
+def watch(engine: Engine, stop: threading.Event, log, notifier: ServiceNotifier | None = None) -> None:
     """Re-apply within a second when the rules in force differ from the plan."""
-    wait_for_change = getattr(engine.backend, "wait_for_change", None)
+    events = engine.backend.capabilities().change_events
     watchdog_s = int(os.environ.get("WATCHDOG_USEC", "0")) / 2e6
     backoff = 0.0
     while not stop.is_set():
         if backoff:
             stop.wait(backoff)  # the firewall refused a repair: retry, but never spin
-        elif wait_for_change is not None:
-            wait_for_change(min(EVENT_VERIFY_S, watchdog_s) if watchdog_s else EVENT_VERIFY_S)
+        elif events:
+            engine.backend.wait_for_change(min(EVENT_VERIFY_S, watchdog_s) if watchdog_s else EVENT_VERIFY_S)
         else:
             stop.wait(VERIFY_INTERVAL_S)
         if stop.is_set():
@@ -51,7 +81,11 @@ def watch(engine: Engine, stop: threading.Event, log) -> None:
         try:
             engine.reconcile()
             backoff = 0.0
+            if notifier is not None:
+                notifier.update(engine)
         except Exception as exc:  # the watch must outlive any single failure
+            if notifier is not None:
+                notifier.update(engine, problem=str(exc) or repr(exc))
             if not isinstance(exc, ApplyFailed):  # ApplyFailed is already logged as apply_failed
                 log.error("watch_failed", error=repr(exc))
             backoff = min(MAX_BACKOFF_S, max(MIN_BACKOFF_S, backoff * 2))
@@ -60,8 +94,13 @@ def watch(engine: Engine, stop: threading.Event, log) -> None:
 
 
 def run(config: Config) -> int:
-    log = configure(config.audit_log)
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: reopen_audit_log())  # before anything else
+    log = configure(audit_log_path(config.audit_log))
+    notifier = ServiceNotifier()
     backend = backend_class(config.backend)(state_dir=config.state_dir)
+    probes = backend.probe()  # kernel-dependent capabilities, tried in this namespace
+    log.info("backend_probed", backend=backend.name,
+             probes=[{"name": p.name, "present": p.present, "evidence": p.evidence} for p in probes])
     engine = Engine(config, Store(config.state_dir), backend, log)
     stop = threading.Event()
 
@@ -71,19 +110,25 @@ def run(config: Config) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
+    start_problem = None
     try:
         engine.start()   # enforcement first: nothing is served before it holds
     except ApplyFailed as exc:
         log.error("start_degraded", error=str(exc))  # keep running: the watch retries
+        start_problem = str(exc)
     server = ControlServer(config.control_socket, engine, log)
+    # The release gate is in place before the socket serves; the channel has its own thread.
+    channel = console_channel.start(config, engine, server, log)
     threading.Thread(target=server.serve_forever, name="control", daemon=True).start()
-    threading.Thread(target=watch, args=(engine, stop, log), name="watch", daemon=True).start()
     log.info("agent_started", pid=os.getpid(), backend=backend.name, sensor_type=config.sensor_type,
              state=engine.state.state, mode=engine.state.mode)
-    sd_notify("READY=1")
+    notifier.update(engine, problem=start_problem)  # READY=1 only if the start enforced the state
+    threading.Thread(target=watch, args=(engine, stop, log, notifier), name="watch", daemon=True).start()
     while not stop.wait(3600):
         pass
     sd_notify("STOPPING=1")
+    if channel is not None:
+        channel.stop()
     server.close()
     backend.close()    # handles only: isolation stays in force where the platform allows
     log.info("agent_stopped", state=engine.state.state)

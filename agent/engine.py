@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from dataclasses import asdict
 
 from agent import __version__
 from agent.connections import cut_by
@@ -156,6 +157,10 @@ class Engine:
             except BackendError as exc:
                 enforcing, present, detail = False, None, {"error": str(exc)}
             caps = self.backend.capabilities()
+            try:
+                probes = [asdict(p) for p in self.backend.probe()]
+            except BackendError as exc:
+                probes = [{"name": "probe", "present": False, "evidence": str(exc)}]
             view = state_view(s, self.config.sensor_type)
             view["policy"]["enforced_version"] = self._enforced_version() if enforcing else None
             return {
@@ -165,6 +170,8 @@ class Engine:
                     "enforcing": enforcing,
                     "rules_present": present,
                     "survives_agent_exit": caps.survives_agent_exit,
+                    "capabilities": asdict(caps),
+                    "probes": probes,
                     "details": detail,
                 },
                 "agent": {"pid": os.getpid(), "version": __version__,

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from agent import protocol
-from agent.errors import ApplyFailed, FieldError, InvalidInput
+from agent.errors import ApplyFailed, FieldError, InvalidInput, NotPermitted
 
 READ_TIMEOUT_S = 5.0        # a client that dribbles its request does not hold a thread for long
 MAX_CLIENTS = 16
@@ -54,6 +54,9 @@ class _Handler(socketserver.BaseRequestHandler):
         except InvalidInput as exc:
             self.server.log.warning("command_rejected", command=cmd, reason=str(exc), **actor)
             return protocol.error("invalid", str(exc), [{"field": e.field, "reason": e.reason} for e in exc.errors])
+        except NotPermitted as exc:
+            self.server.log.warning("command_rejected", command=cmd, reason=str(exc), **actor)
+            return protocol.error("not_permitted", str(exc))
         except ApplyFailed as exc:
             return protocol.error("failure", str(exc))
         except Exception as exc:  # the agent must keep answering whatever a request does
@@ -90,6 +93,7 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.engine = engine
         self.log = log
         self.slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        self.release_gate = None  # with [console]: release needs a signed token (agent.channel)
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
         if p.is_socket():
@@ -111,6 +115,10 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
                 raise InvalidInput(FieldError("strict", "must be true or false"))
             return e.isolate("strict" if strict else "standard", args.get("reason"), actor)
         if cmd == "release":
+            if self.release_gate is not None:
+                return self.release_gate(args, actor)
+            if args.get("token") is not None:
+                raise InvalidInput(FieldError("token", "no console key is configured on this agent; release needs no token"))
             return e.release(args.get("reason"), actor)
         if cmd == "policy_set":
             doc = args.get("policy")

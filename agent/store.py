@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -12,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent.policy import Policy
+from platforms.durable import write_atomic
 
 STATE_FILE = "state.json"
 FORMAT = 1
@@ -68,23 +68,7 @@ class Store:
 
     def save(self, state: AgentState) -> None:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o755)
-        data = state.to_bytes()
-        fd, tmp = tempfile.mkstemp(prefix=".state.", dir=self.dir)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)  # status is readable by any local user
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomic(self.path, state.to_bytes(), mode=0o644)  # status is readable by any local user
 
     def quarantine(self) -> Path | None:
         """Move an untrusted state file aside (kept for forensics), so a fresh one can be written."""

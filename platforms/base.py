@@ -2,11 +2,15 @@
 
 A backend renders a `Plan` (platforms.plan) and applies it atomically, clears it, and
 reads back what the firewall really holds. It never sees a policy or a command.
+
+Every method the engine or the daemon calls on a backend is declared here; where a
+platform has nothing to do, the default says so.
 """
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from typing import ClassVar, Iterable
 
 from platforms.plan import Plan
 
@@ -21,11 +25,36 @@ class BackendUnavailable(BackendError):
 
 @dataclass(frozen=True)
 class Capabilities:
+    """What the backend's design gives, declared. What depends on the running kernel is
+    probed instead (`Backend.probe`) and recorded with its evidence."""
+
     survives_agent_exit: bool      # rules stay in force if the agent dies (kill -9)
     blocks_tamper_while_alive: bool  # other root processes cannot flush the rules
     atomic_apply: bool
     cuts_open_connections: bool
+    change_events: bool = False    # wait_for_change blocks on real firewall events
     notes: str = ""
+
+
+@dataclass(frozen=True)
+class Support:
+    """Can this backend run here? `reason` says why not, or what showed that it can."""
+
+    ok: bool
+    reason: str
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One kernel-dependent capability, tried in the target namespace: a scratch object
+    with the feature was created, read back and deleted. `evidence` says what was seen."""
+
+    name: str
+    present: bool
+    evidence: str
 
 
 @dataclass(frozen=True)
@@ -48,10 +77,32 @@ class Backend(abc.ABC):
     def __init__(self, state_dir: str | None = None) -> None:
         # Where a backend may keep what it needs across restarts (e.g. pf's token).
         self.state_dir = state_dir
+        self._probes: tuple[Probe, ...] | None = None
 
     @classmethod
-    @abc.abstractmethod
-    def capabilities(cls) -> Capabilities: ...
+    def is_supported(cls) -> Support:
+        """Can this backend run on this machine, in the caller's namespace? Used by
+        auto-selection; it must try the real thing (open the socket, run the tool), not
+        only look for a binary. Default: no."""
+        return Support(False, f"backend {cls.name!r} has no support check")
+
+    CAPABILITIES: ClassVar[Capabilities]
+
+    @classmethod
+    def capabilities(cls) -> Capabilities:
+        """What this backend's design gives (declared, per class)."""
+        return cls.CAPABILITIES
+
+    def probe(self) -> tuple[Probe, ...]:
+        """Try each kernel-dependent capability once, in the target namespace; later
+        calls return the recorded results. Raise BackendError if probing itself fails."""
+        if self._probes is None:
+            self._probes = tuple(self._run_probes())
+        return self._probes
+
+    def _run_probes(self) -> Iterable[Probe]:
+        """Default: nothing of this backend depends on the running kernel."""
+        return ()
 
     @abc.abstractmethod
     def render(self, plan: Plan) -> str:
@@ -69,6 +120,13 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def read_back(self) -> ReadBack:
         """Read what the firewall holds now."""
+
+    def wait_for_change(self, timeout: float) -> bool:
+        """Block up to `timeout` s for a change of the firewall made by another process;
+        True if one happened. Only meaningful where capabilities().change_events; the
+        default (no events on this platform) returns False at once and the daemon polls
+        read_back instead."""
+        return False
 
     def close(self) -> None:
         """Release handles. Must NOT lift isolation where the platform allows."""

@@ -82,6 +82,22 @@ class Plan:
     def by_origin(self, origin: Origin) -> tuple[Flow, ...]:
         return tuple(f for f in self.flows if f.origin == origin)
 
+    def allows(self, protocol: str, remote, local_port: int | None, remote_port: int | None,
+               direction: Direction | None = None) -> bool:
+        """Does a flow of this plan allow the connection `protocol` between the host's
+        `local_port` and `remote` (an IPv4 address object) port `remote_port`? With
+        `direction` (who opened it) only flows of that direction count, else either.
+        Loopback and DHCP are the caller's business: they are not flows."""
+        for f in self.flows:
+            if direction is not None and f.direction != direction:
+                continue
+            if f.protocol not in ("any", protocol) or remote not in f.ip_network:
+                continue
+            port = remote_port if f.direction == "out" else local_port
+            if not f.ports or any(r.first <= (port or 0) <= r.last for r in f.ports):
+                return True
+        return False
+
     def to_json(self) -> dict:
         return asdict(self)
 

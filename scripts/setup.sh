@@ -21,9 +21,26 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# pip's own chatter goes to a log, shown only if a step fails.
+log=.venv-setup.log
+step() {  # step "what" cmd...: one line per step; the log on failure
+  if ! "${@:2}" >>"$log" 2>&1; then
+    echo "setup: FAILED: $1 (output of the failing step follows, full log in $log)" >&2
+    tail -n 40 "$log" >&2
+    exit 1
+  fi
+}
+: >"$log"
 if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
+  echo "setup: creating .venv"
+  step "create .venv" python3 -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]'
+stamp=.venv/.cordon-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing Cordon and its test extras into .venv"
+  step "upgrade pip" .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+  step "install .[test]" .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+  echo "$want" >"$stamp"
+fi
 echo "setup: ready ($(.venv/bin/python --version), $(nft --version))"

@@ -3,19 +3,17 @@ from __future__ import annotations
 
 import os
 
+from tests.harness.forking import in_child
+
 NOBODY = 65534
 
 
 def as_user(uid: int, fn) -> int:
     """fn() in a forked child running as `uid`; its return value is the exit status
-    (99 when it raised)."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setgroups([])
-            os.setresgid(uid, uid, uid)
-            os.setresuid(uid, uid, uid)
-            os._exit(fn())
-        except BaseException:
-            os._exit(99)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    (70 when it raised). The child never returns into the caller's code."""
+    def run() -> int:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+        return fn()
+    return in_child(run)

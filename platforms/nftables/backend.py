@@ -7,23 +7,28 @@ setting the owner flag again in the batch that re-applies its plan.
 """
 from __future__ import annotations
 
-import errno
-import struct
 import time
 
 from platforms.plan import Plan, atoms_digest
-from platforms.base import Backend, BackendError, Capabilities, ReadBack
+from platforms.base import Backend, BackendError, Capabilities, ReadBack, Support
+from platforms.nftables import probe as probes
 from platforms.nftables import wire as w
-from platforms.nftables.netlink import NetlinkFailure, NftSocket
-from platforms.nftables.render import (GENERATIONS, SET_FIELDS, TABLE, atoms_from_elements, build,
-                                  chain_rules, render_text, set_name)
+from platforms.nftables.netlink import NftSocket
+from platforms.nftables import readback
+from platforms.nftables.render import atoms_from_elements, build, chain_rules, render_text
+from platforms.nftables.shape import SET_FIELDS, TABLE, set_name
 
-WANTED_FLAGS = w.TABLE_F_OWNER | w.TABLE_F_PERSIST
-FLAG_NAMES = {1: "dormant", w.TABLE_F_OWNER: "owner", w.TABLE_F_PERSIST: "persist"}
+WANTED_FLAGS = w.WANTED_TABLE_FLAGS
+NOTES = ("table flags owner|persist where the start-up probe finds persist (Linux >= 6.9); "
+         "without it the table has no owner and tamper is only detected (read_back / "
+         "wait_for_change)")
 
 
 class NftablesBackend(Backend):
     name = "nftables"
+    CAPABILITIES = Capabilities(survives_agent_exit=True, blocks_tamper_while_alive=True,
+                                atomic_apply=True, cuts_open_connections=True,
+                                change_events=True, notes=NOTES)
 
     def __init__(self, state_dir: str | None = None, netns: str | None = None) -> None:
         """`netns`: name of a network namespace (as in `ip netns`) to work in instead of
@@ -33,15 +38,11 @@ class NftablesBackend(Backend):
         self._sock: NftSocket | None = None
         self._events: NftSocket | None = None
         self._plan: Plan | None = None
-        self._table_flags = WANTED_FLAGS  # lowered to 0 if the kernel lacks persist
+        self._table_flags: int | None = None  # from the persist probe, at the first apply
 
     @classmethod
-    def capabilities(cls) -> Capabilities:
-        return Capabilities(
-            survives_agent_exit=True, blocks_tamper_while_alive=True, atomic_apply=True,
-            cuts_open_connections=True,
-            notes="table flags owner|persist (kernel >= 6.9); without persist the table has "
-                  "no owner and tamper is only detected (read_back / wait_for_change)")
+    def is_supported(cls) -> Support:
+        return probes.is_supported()
 
     # --- interface ---------------------------------------------------------------------
 
@@ -56,33 +57,36 @@ class NftablesBackend(Backend):
         created in the swapping batch itself would leave a moment with empty sets."""
         ruleset = build(plan)
         sock = self._socket()
-        state = self._inspect(sock)
-        if state["table"] is not None and state["owner"] not in (None, sock.portid):
+        state = readback.table_state(sock)
+        if state.present and state.owner not in (None, sock.portid):
             raise BackendError(f"nftables table inet {TABLE} is held by another process "
-                               f"(netlink port {state['owner']}); nothing was changed")
-        if state["table"] is not None and not state["shape_problems"] and \
-                state["flags"] & w.TABLE_F_PERSIST == self._table_flags & w.TABLE_F_PERSIST:
-            self._update(sock, ruleset, state["gen"])
+                               f"(netlink port {state.owner}); nothing was changed")
+        if state.present and not state.shape_problems and \
+                state.flags & w.TABLE_F_PERSIST == self._flags() & w.TABLE_F_PERSIST:
+            self._update(sock, ruleset, state.gen)
         else:
             self._create(sock, ruleset, state)
         self._plan = plan
 
     def _create(self, sock: NftSocket, rs, state) -> None:
-        try:
-            sock.batch(self._create_batch(rs, state, self._table_flags))
-        except NetlinkFailure as exc:
-            if not (self._table_flags and exc.code == errno.EOPNOTSUPP
-                    and exc.msg_type == w.MSG["NEWTABLE"]):
-                raise
-            # Kernel without `persist`: an owner-only table would vanish with the agent.
-            self._table_flags = 0
-            sock.batch(self._create_batch(rs, self._inspect(sock), 0))
+        sock.batch(self._create_batch(rs, state, self._flags()))
+
+    def _run_probes(self):
+        yield probes.probe_persist(self._socket())
+
+    def _flags(self) -> int:
+        """owner|persist where the probe found them; else none at all, because an
+        owner-only table would vanish with the agent."""
+        if self._table_flags is None:
+            persist = next(p for p in self.probe() if p.name == probes.PERSIST)
+            self._table_flags = WANTED_FLAGS if persist.present else 0
+        return self._table_flags
 
     def _update(self, sock: NftSocket, rs, old: str) -> None:
         new = "b" if old == "a" else "a"
         sock.batch([("NEWSET", w.NLM_F_CREATE, w.set_body(n, new)) for n in SET_FIELDS]
                    + self._element_msgs(rs, new))
-        swap = [("NEWTABLE", 0, w.table_body(self._table_flags))]  # adopts an orphan
+        swap = [("NEWTABLE", 0, w.table_body(self._flags()))]  # adopts an orphan
         swap += [("DELRULE", 0, w.chain_ref_body(c)) for c in ("input", "output", "forward")]
         swap += self._rule_msgs(rs, new)
         swap += [("DELSET", 0, w.set_name_body(n, old)) for n in SET_FIELDS]
@@ -103,30 +107,24 @@ class NftablesBackend(Backend):
 
     def read_back(self) -> ReadBack:
         sock = self._socket()
-        state = self._inspect(sock)
-        if state["table"] is None:
+        state = readback.table_state(sock)
+        if not state.present:
             return ReadBack(False, None, {"table": None})
-        problems = list(state["shape_problems"])
-        gen = state["gen"]
-        elements = {name: self._elements(sock, name, gen) for name in SET_FIELDS
-                    if set_name(name, gen) in state["sets"]}
-        rules = self._rules(sock)
-        dhcp = None
-        for candidate in (True, False):
-            expected = {c: [w.expected_signature(r, gen) for r in rs]
-                        for c, rs in chain_rules(candidate).items()}
-            if all(rules.get(c, []) == sigs for c, sigs in expected.items()):
-                dhcp = candidate
-        if dhcp is None:
-            problems.append("rules differ from what Cordon installs")
+        gen = state.gen
+        elements = {name: readback.set_elements(sock, name, gen) for name in SET_FIELDS
+                    if set_name(name, gen) in state.sets}
+        seen = readback.dumped_rules(sock, gen)
+        dhcp = readback.has_dhcp(seen)
+        problems = list(state.shape_problems) + readback.rule_problems(seen, chain_rules(dhcp))
+        rules = {c: len(r) for c, r in seen.items()}
         details = {
             "table": f"inet {TABLE}",
-            "table_flags": [n for bit, n in FLAG_NAMES.items() if state["flags"] & bit],
-            "owner_portid": state["owner"],
-            "owned_by_this_process": state["owner"] == sock.portid,
-            "orphaned": state["owner"] is None,
+            "table_flags": w.flag_names(state.flags),
+            "owner_portid": state.owner,
+            "owned_by_this_process": state.owner == sock.portid,
+            "orphaned": state.owner is None,
             "elements": {name: len(items) for name, items in elements.items()},
-            "rules": {c: len(r) for c, r in rules.items()},
+            "rules": rules,
             "set_generation": gen,
             "problems": problems,
         }
@@ -184,7 +182,7 @@ class NftablesBackend(Backend):
 
     def _create_batch(self, rs, state, flags: int) -> list:
         msgs = []
-        if state["table"] is not None:  # not the shape Cordon installs: replace it
+        if state.present:  # not the shape Cordon installs: replace it
             msgs.append(("DELTABLE", 0, w.table_body()))
         msgs.append(("NEWTABLE", w.NLM_F_CREATE, w.table_body(flags)))
         msgs += [("NEWCHAIN", w.NLM_F_CREATE, w.chain_body(c)) for c in ("input", "output", "forward")]
@@ -200,66 +198,3 @@ class NftablesBackend(Backend):
     def _rule_msgs(rs, gen: str) -> list:
         return [("NEWRULE", w.NLM_F_CREATE | w.NLM_F_APPEND, w.rule_body(chain, r, gen))
                 for chain, rules in rs.chains().items() for r in rules]
-
-    def _inspect(self, sock: NftSocket) -> dict:
-        raw = sock.get("GETTABLE", w.table_body())
-        if raw is None:
-            return {"table": None, "flags": 0, "owner": None, "sets": {}, "gen": None,
-                    "shape_problems": []}
-        t = w.attr_map(raw)
-        flags = w.be32(t.get(w.NFTA_TABLE_FLAGS, b"\0\0\0\0"))
-        owner = w.be32(t[w.NFTA_TABLE_OWNER]) if flags & w.TABLE_F_OWNER and \
-            w.NFTA_TABLE_OWNER in t else None
-        problems = []
-        chains = {}
-        for payload in sock.dump("GETCHAIN", w.s(w.NFTA_CHAIN_TABLE, TABLE)):
-            a = w.attr_map(payload)
-            if w.cstr(a.get(w.NFTA_CHAIN_TABLE, b"")) != TABLE:
-                continue
-            hook = w.attr_map(a.get(w.NFTA_CHAIN_HOOK, b""))
-            chains[w.cstr(a[w.NFTA_CHAIN_NAME])] = (
-                w.be32(hook[w.NFTA_HOOK_HOOKNUM]) if w.NFTA_HOOK_HOOKNUM in hook else None,
-                struct.unpack(">i", hook[w.NFTA_HOOK_PRIORITY])[0]
-                if w.NFTA_HOOK_PRIORITY in hook else None,
-                w.be32(a[w.NFTA_CHAIN_POLICY]) if w.NFTA_CHAIN_POLICY in a else None,
-                w.cstr(a.get(w.NFTA_CHAIN_TYPE, b"")))
-        expected_chains = {c: (w.HOOKS[c], 0, w.NF_DROP, "filter") for c in w.HOOKS}
-        if chains != expected_chains:
-            problems.append(f"chains {sorted(chains)} differ from {sorted(expected_chains)}")
-        sets = {}
-        for payload in sock.dump("GETSET", w.s(w.NFTA_SET_TABLE, TABLE)):
-            a = w.attr_map(payload)
-            if w.cstr(a.get(w.NFTA_SET_TABLE, b"")) == TABLE:
-                sets[w.cstr(a[w.NFTA_SET_NAME])] = (w.be32(a[w.NFTA_SET_KEY_TYPE]),
-                                                     w.be32(a[w.NFTA_SET_FLAGS]))
-        gen = next((g for g in GENERATIONS if set_name("out_l4", g) in sets), "a")
-        expected_sets = {set_name(n, gen): (w.be32(w.attr_map(w.set_body(n, gen))[w.NFTA_SET_KEY_TYPE]),
-                                            w.SET_F_INTERVAL | w.SET_F_CONCAT) for n in SET_FIELDS}
-        if sets != expected_sets:
-            problems.append(f"sets {sorted(sets)} differ from what Cordon installs")
-        return {"table": TABLE, "flags": flags, "owner": owner, "sets": sets, "gen": gen,
-                "shape_problems": problems}
-
-    def _elements(self, sock: NftSocket, name: str, gen: str) -> tuple:
-        fields = SET_FIELDS[name]
-        out = []
-        for payload in sock.dump("GETSETELEM", w.set_ref_body(name, gen)):
-            a = w.attr_map(payload)
-            for _, elem in w.parse_attrs(a.get(w.NFTA_SET_ELEM_LIST_ELEMENTS, b"")):
-                e = w.attr_map(elem)
-                start = w.unpack_key(fields, w.attr_map(e[w.NFTA_SET_ELEM_KEY])[w.NFTA_DATA_VALUE])
-                end_attr = e.get(w.NFTA_SET_ELEM_KEY_END)
-                end = w.unpack_key(fields, w.attr_map(end_attr)[w.NFTA_DATA_VALUE]) \
-                    if end_attr else start
-                out.append(tuple(zip(start, end)))
-        return tuple(sorted(out))
-
-    def _rules(self, sock: NftSocket) -> dict:
-        rules: dict[str, list] = {}
-        for payload in sock.dump("GETRULE", w.s(w.NFTA_RULE_TABLE, TABLE)):
-            a = w.attr_map(payload)
-            if w.cstr(a.get(w.NFTA_RULE_TABLE, b"")) != TABLE:
-                continue
-            chain = w.cstr(a[w.NFTA_RULE_CHAIN])
-            rules.setdefault(chain, []).append(w.expr_signature(a.get(w.NFTA_RULE_EXPRESSIONS, b"")))
-        return rules

@@ -1,15 +1,19 @@
 """A NETLINK_NETFILTER socket that sends one nf_tables batch and reads every ack.
 
-The socket is opened through pyroute2 (so it can live in another network namespace)
-and kept open: its netlink port id is what the kernel records as the table's owner.
+The socket can live in another network namespace (tests, `netns=`): it is created on a
+short-lived thread that enters that namespace, never in a forked child (a fork of the
+caller would inherit its signal handlers and could unwind into its code). It is kept open:
+its netlink port id is what the kernel records as the table's owner.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import select
 import socket
 import struct
+import threading
 import time
 
 from platforms.base import BackendError
@@ -21,6 +25,8 @@ NETLINK_ADD_MEMBERSHIP, NETLINK_CAP_ACK, NETLINK_EXT_ACK = 1, 10, 11
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
 NLMSGERR_ATTR_MSG = 1
 ACK_TIMEOUT_S = 10.0
+CLONE_NEWNET = 0x40000000
+NETNS_DIR = "/run/netns"
 
 
 class NetlinkFailure(BackendError):
@@ -33,10 +39,36 @@ class NetlinkFailure(BackendError):
 def open_socket(netns: str | None) -> socket.socket:
     if netns is None:
         return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-    from pyroute2.netns import create_socket  # imported here: Linux-only dependency
-    # flags=0: never create the namespace as a side effect of a typo.
-    return create_socket(netns=netns, family=socket.AF_NETLINK, socket_type=socket.SOCK_RAW,
-                         proto=NETLINK_NETFILTER, flags=0)
+    return _socket_in_namespace(netns)
+
+
+def _socket_in_namespace(netns: str) -> socket.socket:
+    """setns(CLONE_NEWNET) moves only the calling thread, so a thread of our own enters
+    the namespace, makes the socket (which keeps that namespace) and ends. Nothing forks;
+    the caller's thread never leaves its namespace. A missing namespace is an OSError,
+    never created as a side effect of a typo."""
+    fd = os.open(os.path.join(NETNS_DIR, netns) if "/" not in netns else netns,
+                 os.O_RDONLY | os.O_CLOEXEC)
+    made: list = []
+
+    def enter_and_open() -> None:
+        try:
+            if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"setns into {netns}: {os.strerror(err)}")
+            made.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER))
+        except OSError as exc:
+            made.append(exc)
+
+    try:
+        t = threading.Thread(target=enter_and_open, name=f"netns-{netns}", daemon=True)
+        t.start()
+        t.join()
+    finally:
+        os.close(fd)
+    if isinstance(made[0], OSError):
+        raise made[0]
+    return made[0]
 
 
 class NftSocket:

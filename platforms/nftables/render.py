@@ -26,34 +26,12 @@ from dataclasses import dataclass
 
 from platforms.plan import DHCP_CLIENT_PORT, DHCP_SERVER_PORT, Plan
 from platforms.nftables.boxes import disjoint
-
-TABLE = "cordon"
-PROTO_NUM = {"icmp": 1, "tcp": 6, "udp": 17}
-PROTO_NAME = {v: k for k, v in PROTO_NUM.items()}
-L4_FIELDS = ("ipv4_addr", "inet_proto", "inet_service")
-L3_FIELDS = ("ipv4_addr", "inet_proto")
-SET_FIELDS = {"out_l4": L4_FIELDS, "out_l3": L3_FIELDS, "in_l4": L4_FIELDS, "in_l3": L3_FIELDS}
-# Sets exist in two generations, out_l4_a / out_l4_b: an update loads the other
-# generation's sets first and then swaps the rules over to them (see backend.py).
-GENERATIONS = ("a", "b")
-
-
-def set_name(base: str, gen: str) -> str:
-    return f"{base}_{gen}"
-CHAIN_HOOKS = {"input": "input", "output": "output", "forward": "forward"}
+from platforms.nftables.shape import CHAIN_HOOKS, PROTO_NAME, PROTO_NUM, SET_FIELDS, TABLE, set_name
+from platforms.nftables.vocabulary import (CtDirection, CtRelated, Family, Interface, Key, L4Proto,
+                                           Rule, SetLookup, UdpPorts)
 
 # A set element: one inclusive (first, last) range per field of the set's key.
 Element = tuple[tuple[int, int], ...]
-
-
-@dataclass(frozen=True)
-class Rule:
-    """Matches (all must hold) and a verdict. Match items:
-    ("meta", "iif"|"oif"|"nfproto"|"l4proto", value), ("udp_ports", sport, dport),
-    ("ct_direction", 0|1), ("ct_related",), ("lookup", (key, ...), set_name)."""
-
-    matches: tuple
-    verdict: str  # "accept" | "drop"
 
 
 @dataclass(frozen=True)
@@ -98,42 +76,44 @@ def _net_range(network: str) -> tuple[int, int]:
 
 def chain_rules(dhcp: bool) -> dict[str, tuple[Rule, ...]]:
     return {
-        "input": _host_chain("iif", dhcp, ("ip saddr", "in"), ("ct original ip daddr", "out"),
+        "input": _host_chain("iif", dhcp, (Key.IP_SADDR, "in"), (Key.CT_ORIG_DADDR, "out"),
                              (DHCP_SERVER_PORT, DHCP_CLIENT_PORT)),
-        "output": _host_chain("oif", dhcp, ("ip daddr", "out"), ("ct original ip saddr", "in"),
+        "output": _host_chain("oif", dhcp, (Key.IP_DADDR, "out"), (Key.CT_ORIG_SADDR, "in"),
                               (DHCP_CLIENT_PORT, DHCP_SERVER_PORT)),
         "forward": (),
     }
 
 
+ORIGINAL, REPLY = CtDirection(0), CtDirection(1)
+
+
 def _host_chain(lo_key, dhcp, orig, reply, dhcp_ports) -> tuple[Rule, ...]:
     orig_addr, orig_dir = orig
     reply_addr, reply_dir = reply
-    l4_reply = (reply_addr, "ct original protocol", "ct original proto-dst")
+    l4_reply = (reply_addr, Key.CT_ORIG_PROTO, Key.CT_ORIG_PROTO_DST)
     # Bulk traffic (tcp/udp of allowed flows) matches in the first three rules; every
     # rule before the IPv6 drop only accepts IPv4 (ip/ct ip keys need IPv4), so the
     # order changes nothing but the cost per packet.
-    rules = [Rule((("ct_direction", 0),
-                   ("lookup", (orig_addr, "meta l4proto", "th dport"), f"{orig_dir}_l4")), "accept")]
+    rules = [Rule("cordon/original-l4", (ORIGINAL, SetLookup((orig_addr, Key.L4PROTO, Key.TH_DPORT),
+                                                             f"{orig_dir}_l4")), "accept")]
     # The packet's protocol is matched only so that nft can type proto-dst; the reply
     # of a tcp/udp flow always has the flow's protocol.
     for proto in (6, 17):
-        rules.append(Rule((("ct_direction", 1), ("meta", "l4proto", proto),
-                           ("lookup", l4_reply, f"{reply_dir}_l4")), "accept"))
-    rules += [Rule((("meta", lo_key, 1),), "accept"),  # lo is ifindex 1 in every netns
-              Rule((("meta", "nfproto", 10),), "drop")]  # all other IPv6
+        rules.append(Rule(f"cordon/reply-{PROTO_NAME[proto]}",
+                          (REPLY, L4Proto(proto), SetLookup(l4_reply, f"{reply_dir}_l4")), "accept"))
+    rules += [Rule("cordon/loopback", (Interface(lo_key, 1),), "accept"),  # lo is ifindex 1 in every netns
+              Rule("cordon/ipv6-drop", (Family(10),), "drop")]  # all other IPv6
     if dhcp:
-        rules.append(Rule((("udp_ports",) + dhcp_ports,), "accept"))
+        rules.append(Rule("cordon/dhcp", (UdpPorts(*dhcp_ports),), "accept"))
     rules += [
-        Rule((("ct_direction", 0),
-              ("lookup", (orig_addr, "meta l4proto"), f"{orig_dir}_l3")), "accept"),
-        Rule((("ct_direction", 1),
-              ("lookup", (reply_addr, "ct original protocol"), f"{reply_dir}_l3")), "accept"),
+        Rule("cordon/original-l3", (ORIGINAL, SetLookup((orig_addr, Key.L4PROTO), f"{orig_dir}_l3")),
+             "accept"),
+        Rule("cordon/reply-l3", (REPLY, SetLookup((reply_addr, Key.CT_ORIG_PROTO), f"{reply_dir}_l3")),
+             "accept"),
     ]
-    for addr, d in (("ct original ip daddr", "out"), ("ct original ip saddr", "in")):
-        rules.append(Rule((("ct_related",), ("meta", "l4proto", 1),
-                           ("lookup", (addr, "ct original protocol", "ct original proto-dst"),
-                            f"{d}_l4")), "accept"))
+    for addr, d in ((Key.CT_ORIG_DADDR, "out"), (Key.CT_ORIG_SADDR, "in")):
+        rules.append(Rule(f"cordon/related-{d}", (CtRelated(), L4Proto(1), SetLookup(
+            (addr, Key.CT_ORIG_PROTO, Key.CT_ORIG_PROTO_DST), f"{d}_l4")), "accept"))
     return tuple(rules)
 
 
@@ -169,10 +149,6 @@ def canonical_elements(plan: Plan) -> dict:
 
 # --- nft text -------------------------------------------------------------------------
 
-_KEY_TEXT = {"ip saddr", "ip daddr", "meta l4proto", "th dport", "ct original ip saddr",
-             "ct original ip daddr", "ct original protocol", "ct original proto-dst"}
-
-
 def render_text(rs: Ruleset, gen: str = "a") -> str:
     lines = [
         "# Cordon isolation ruleset. Load with `nft -f FILE` (replaces an unowned cordon table).",
@@ -192,37 +168,10 @@ def render_text(rs: Ruleset, gen: str = "a") -> str:
     for chain, rules in rs.chains().items():
         lines += [f"\tchain {chain} {{",
                   f"\t\ttype filter hook {CHAIN_HOOKS[chain]} priority filter; policy drop;"]
-        lines += [f"\t\t{rule_text(r, gen)}" for r in rules]
+        lines += [f"\t\t{r.text(gen)}" for r in rules]
         lines.append("\t}")
     lines.append("}")
     return "\n".join(lines) + "\n"
-
-
-def rule_text(rule: Rule, gen: str = "a") -> str:
-    parts = []
-    for m in rule.matches:
-        kind = m[0]
-        if kind == "meta":
-            key, value = m[1], m[2]
-            if key in ("iif", "oif"):
-                parts.append(f'{key} "lo"' if value == 1 else f"{key} {value}")
-            elif key == "nfproto":
-                parts.append({10: "meta nfproto ipv6", 2: "meta nfproto ipv4"}[value])
-            else:
-                parts.append(f"meta l4proto {PROTO_NAME.get(value, value)}")
-        elif kind == "udp_ports":
-            parts.append(f"udp sport {m[1]} udp dport {m[2]}")
-        elif kind == "ct_direction":
-            parts.append("ct direction " + ("original", "reply")[m[1]])
-        elif kind == "ct_related":
-            parts.append("ct state related")
-        elif kind == "lookup":
-            assert all(k in _KEY_TEXT for k in m[1])
-            parts.append(f"{' . '.join(m[1])} @{set_name(m[2], gen)}")
-        else:
-            raise ValueError(f"unknown match {m!r}")
-    parts.append(rule.verdict)
-    return " ".join(parts)
 
 
 def _element_text(el: Element) -> str:

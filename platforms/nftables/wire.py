@@ -6,10 +6,11 @@ kernel uapi (include/uapi/linux/netfilter/nf_tables.h, nfnetlink.h).
 """
 from __future__ import annotations
 
+import functools
 import socket
 import struct
 
-from platforms.nftables.render import SET_FIELDS, TABLE, Rule, set_name
+from platforms.nftables.shape import SET_FIELDS, TABLE, set_name
 
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
@@ -29,10 +30,12 @@ NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLA_F_NESTED = 0x8000
 
 TABLE_F_OWNER, TABLE_F_PERSIST = 0x2, 0x4
+WANTED_TABLE_FLAGS = TABLE_F_OWNER | TABLE_F_PERSIST
+TABLE_FLAG_NAMES = {1: "dormant", TABLE_F_OWNER: "owner", TABLE_F_PERSIST: "persist"}
 NFTA_TABLE_NAME, NFTA_TABLE_FLAGS, NFTA_TABLE_OWNER = 1, 2, 7
 NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK, NFTA_CHAIN_POLICY, NFTA_CHAIN_TYPE = 1, 3, 4, 5, 7
 NFTA_HOOK_HOOKNUM, NFTA_HOOK_PRIORITY = 1, 2
-NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS = 1, 2, 4
+NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_USERDATA = 1, 2, 4, 7
 NFTA_SET_TABLE, NFTA_SET_NAME, NFTA_SET_FLAGS, NFTA_SET_KEY_TYPE, NFTA_SET_KEY_LEN = 1, 2, 3, 4, 5
 NFTA_SET_DESC, NFTA_SET_ID = 9, 10
 NFTA_SET_DESC_CONCAT, NFTA_SET_FIELD_LEN = 2, 1
@@ -107,9 +110,21 @@ def batch_marker(msg_type: int, seq: int) -> bytes:
                    res_id=NFNL_SUBSYS_NFTABLES)
 
 
-def table_body(flags: int | None = None) -> bytes:
-    body = s(NFTA_TABLE_NAME, TABLE)
+def table_body(flags: int | None = None, name: str = TABLE) -> bytes:
+    body = s(NFTA_TABLE_NAME, name)
     return body + (u32(NFTA_TABLE_FLAGS, flags) if flags is not None else b"")
+
+
+def table_flags_owner(raw: bytes) -> tuple[int, int | None]:
+    """A GETTABLE answer's flags and owner port id (None when the table has no owner)."""
+    t = attr_map(raw)
+    flags = be32(t.get(NFTA_TABLE_FLAGS, b"\0\0\0\0"))
+    owner = be32(t[NFTA_TABLE_OWNER]) if flags & TABLE_F_OWNER and NFTA_TABLE_OWNER in t else None
+    return flags, owner
+
+
+def flag_names(flags: int) -> list[str]:
+    return [n for bit, n in TABLE_FLAG_NAMES.items() if flags & bit]
 
 
 def chain_body(name: str) -> bytes:
@@ -185,123 +200,10 @@ def set_ref_body(name: str, gen: str) -> bytes:
     return s(NFTA_SET_ELEM_LIST_TABLE, TABLE) + s(NFTA_SET_ELEM_LIST_SET, set_name(name, gen))
 
 
-def rule_body(chain: str, rule: Rule, gen: str) -> bytes:
-    exprs = b"".join(nest(NFTA_LIST_ELEM, s(NFTA_EXPR_NAME, name),
-                          nest(NFTA_EXPR_DATA, *data)) for name, data in rule_exprs(rule, gen))
+@functools.lru_cache(maxsize=256)
+def rule_body(chain: str, rule, gen: str) -> bytes:
+    """`rule`: a vocabulary.Rule (frozen, so the few distinct bodies are kept); it
+    encodes its own expressions and tag."""
+    exprs, udata = rule.encode(gen)
     return (s(NFTA_RULE_TABLE, TABLE) + s(NFTA_RULE_CHAIN, chain)
-            + nest(NFTA_RULE_EXPRESSIONS, exprs))
-
-
-# --- rule expressions (the same bytecode `nft -f` generates for render_text) ------------
-
-REG_VERDICT, REG_1, REG32_00 = 0, 1, 8
-META_KEY = {"iif": 4, "oif": 5, "nfproto": 15, "l4proto": 16}
-META_LEN = {"iif": 4, "oif": 4, "nfproto": 1, "l4proto": 1}
-CT_KEY = {"state": 0, "direction": 1, "protocol": 10, "proto_dst": 12, "src_ip": 19, "dst_ip": 20}
-
-
-def _meta(key: str, reg: int):
-    return ("meta", [u32(1, reg), u32(2, META_KEY[key])])  # NFTA_META_DREG, NFTA_META_KEY
-
-
-def _cmp(reg: int, value: bytes, op: int = 0):
-    return ("cmp", [u32(1, reg), u32(2, op), nest(3, attr(NFTA_DATA_VALUE, value))])
-
-
-def _payload(base: int, offset: int, length: int, reg: int):
-    return ("payload", [u32(1, reg), u32(2, base), u32(3, offset), u32(4, length)])
-
-
-def _ct(key: str, reg: int, direction: int | None = None):
-    data = [u32(1, reg), u32(2, CT_KEY[key])]
-    if direction is not None:
-        data.append(attr(3, bytes([direction])))  # NFTA_CT_DIRECTION, u8
-    return ("ct", data)
-
-
-def _key_exprs(key: str, reg: int, first: bool) -> list:
-    if key in ("ip saddr", "ip daddr"):
-        return [_meta("nfproto", REG_1), _cmp(REG_1, b"\x02"),
-                _payload(1, 12 if key == "ip saddr" else 16, 4, reg)]
-    if key == "meta l4proto":
-        out = [_meta("l4proto", reg)]
-        if not first:  # nft converts the 1-byte proto for a concatenation register
-            out.append(("byteorder", [u32(1, reg), u32(2, reg), u32(3, 1), u32(4, 1), u32(5, 2)]))
-        return out
-    if key == "th dport":
-        return [_payload(2, 2, 2, reg)]
-    ct = {"ct original ip saddr": "src_ip", "ct original ip daddr": "dst_ip",
-          "ct original protocol": "protocol", "ct original proto-dst": "proto_dst"}[key]
-    return [_ct(ct, reg, 0)]
-
-
-def rule_exprs(rule: Rule, gen: str) -> list:
-    out = []
-    for m in rule.matches:
-        kind = m[0]
-        if kind == "meta":
-            value = m[2]
-            raw = struct.pack("=I", value) if META_LEN[m[1]] == 4 else bytes([value])
-            out += [_meta(m[1], REG_1), _cmp(REG_1, raw)]
-        elif kind == "udp_ports":
-            out += [_meta("l4proto", REG_1), _cmp(REG_1, b"\x11"),
-                    _payload(2, 0, 4, REG_1), _cmp(REG_1, struct.pack(">HH", m[1], m[2]))]
-        elif kind == "ct_direction":
-            out += [_ct("direction", REG_1), _cmp(REG_1, bytes([m[1]]))]
-        elif kind == "ct_related":
-            out += [_ct("state", REG_1),
-                    ("bitwise", [u32(1, REG_1), u32(2, REG_1), u32(3, 4),
-                                 nest(4, attr(NFTA_DATA_VALUE, struct.pack("=I", 4))),
-                                 nest(5, attr(NFTA_DATA_VALUE, b"\0\0\0\0")),
-                                 u32(6, 0)]),  # NFT_BITWISE_BOOL, as dumped
-                    _cmp(REG_1, b"\0\0\0\0", op=1)]
-        elif kind == "lookup":
-            keys = m[1]
-            for i, key in enumerate(keys):
-                out += _key_exprs(key, REG_1 if i == 0 else REG32_00 + i, i == 0)
-            out.append(("lookup", [s(1, set_name(m[2], gen)), u32(2, REG_1), u32(5, 0)]))  # flags 0: as dumped
-        else:
-            raise ValueError(f"unknown match {m!r}")
-    code = NF_ACCEPT if rule.verdict == "accept" else NF_DROP
-    out.append(("immediate", [u32(1, REG_VERDICT),
-                              nest(2, nest(NFTA_DATA_VERDICT, u32(NFTA_VERDICT_CODE, code)))]))
-    return out
-
-
-def expr_signature(exprs_attr: bytes) -> tuple:
-    """A comparable form of a rule's expression list, as the kernel dumps it."""
-    sig = []
-    for _, elem in parse_attrs(exprs_attr):
-        a = attr_map(elem)
-        name = cstr(a.get(NFTA_EXPR_NAME, b""))
-        sig.append((name, _flatten(name, a.get(NFTA_EXPR_DATA, b""))))
-    return tuple(sig)
-
-
-# (expression, attribute) pairs that hold nested nft_data; NFTA_DATA_VERDICT nests again.
-_NESTED = {("cmp", 3), ("bitwise", 4), ("bitwise", 5), ("immediate", 2)}
-
-
-def _flatten(name: str, data: bytes) -> tuple:
-    out = []
-    for kind, value in parse_attrs(data):
-        if (name, kind) not in _NESTED:
-            out.append(((kind,), value))
-            continue
-        for dkind, dvalue in parse_attrs(value):
-            if dkind == NFTA_DATA_VERDICT:
-                out += [((kind, dkind, k), v) for k, v in parse_attrs(dvalue)]
-            else:
-                out.append(((kind, dkind), dvalue))
-    return tuple(sorted(out))
-
-
-def expected_signature(rule: Rule, gen: str) -> tuple:
-    """The signature the kernel will dump for `rule`. It keeps no direction for
-    `ct protocol` (the same in both directions), although nft sends one."""
-    exprs = []
-    for name, data in rule_exprs(rule, gen):
-        if name == "ct" and data[1] == u32(2, CT_KEY["protocol"]):
-            data = data[:2]
-        exprs.append(nest(NFTA_LIST_ELEM, s(NFTA_EXPR_NAME, name), nest(NFTA_EXPR_DATA, *data)))
-    return expr_signature(b"".join(exprs))
+            + nest(NFTA_RULE_EXPRESSIONS, exprs) + attr(NFTA_RULE_USERDATA, udata))

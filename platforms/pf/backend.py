@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from platforms.plan import DHCP_CLIENT_PORT, DHCP_SERVER_PORT, Plan
-from platforms.base import Backend, BackendError, BackendUnavailable, Capabilities, ReadBack
+from platforms.durable import remove_durable, write_atomic
+from platforms.base import Backend, BackendError, BackendUnavailable, Capabilities, ReadBack, Support
 from platforms.pf import render as pf_render
 from platforms.pf.render import ANCHOR
 
@@ -41,7 +42,11 @@ def subprocess_runner(argv: list[str], stdin: str | None = None) -> Result:
     return Result(p.returncode, p.stdout, p.stderr)
 
 
+PFCTL = "/sbin/pfctl"
 TOKEN_FILE = "pf.token"
+NOTES = ("pf anchor com.apple/cordon; rules stay loaded when the agent dies, not after a "
+         "reboot (the agent re-applies at start); another root process can flush the "
+         "anchor or disable pf: read_back detects it and apply restores it")
 _TOKEN = re.compile(r"Token\s*:\s*(\d+)")
 # What pfctl -X says for a token the kernel does not know (e.g. after a reboot):
 # DIOCSTOPREF fails with EINVAL.
@@ -103,13 +108,7 @@ def state_allowed(s: State, plan: Plan) -> bool:
         return False
     if plan.dhcp and s.proto == "udp" and (s.local_port, s.remote_port) == (DHCP_CLIENT_PORT, DHCP_SERVER_PORT):
         return True
-    service_port = s.remote_port if s.direction == "out" else s.local_port
-    for f in plan.flows:
-        if f.direction != s.direction or f.protocol not in ("any", s.proto) or remote not in f.ip_network:
-            continue
-        if not f.ports or any(p.first <= (service_port or 0) <= p.last for p in f.ports):
-            return True
-    return False
+    return plan.allows(s.proto, remote, s.local_port, s.remote_port, s.direction)
 
 
 def anchor_point(main_listing: str, anchor: str = ANCHOR) -> tuple[bool, str]:
@@ -129,21 +128,27 @@ def anchor_point(main_listing: str, anchor: str = ANCHOR) -> tuple[bool, str]:
 
 class PfBackend(Backend):
     name = "pf"
+    CAPABILITIES = Capabilities(survives_agent_exit=True, blocks_tamper_while_alive=False,
+                                atomic_apply=True, cuts_open_connections=True, notes=NOTES)
 
     def __init__(self, state_dir: str | None = None, run: Runner | None = None, *,
-                 pfctl: str = "/sbin/pfctl", main_conf: str = "/etc/pf.conf", anchor: str = ANCHOR) -> None:
+                 pfctl: str = PFCTL, main_conf: str = "/etc/pf.conf", anchor: str = ANCHOR) -> None:
         super().__init__(state_dir)
         self._run = run
         self.pfctl, self.main_conf, self.anchor = pfctl, main_conf, anchor
 
     @classmethod
-    def capabilities(cls) -> Capabilities:
-        return Capabilities(
-            survives_agent_exit=True, blocks_tamper_while_alive=False, atomic_apply=True,
-            cuts_open_connections=True,
-            notes="pf anchor com.apple/cordon; rules stay loaded when the agent dies, not after a "
-                  "reboot (the agent re-applies at start); another root process can flush the "
-                  "anchor or disable pf: read_back detects it and apply restores it")
+    def is_supported(cls) -> Support:
+        if sys.platform != "darwin":
+            return Support(False, f"pf is driven through pfctl, which exists on macOS only "
+                                  f"(this is {sys.platform})")
+        try:
+            r = subprocess_runner([PFCTL, "-s", "info"], None)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return Support(False, f"cannot run {PFCTL}: {exc}")
+        if r.rc != 0:
+            return Support(False, f"{PFCTL} -s info exited {r.rc}: {r.stderr.strip()}")
+        return Support(True, f"{PFCTL} -s info answered")
 
     def render(self, plan: Plan) -> str:
         return pf_render.render(plan)
@@ -280,26 +285,8 @@ class PfBackend(Backend):
         return text if text.isdigit() else None
 
     def _save_token(self, token: str) -> None:
-        path = self._token_path()
         os.makedirs(self.state_dir, exist_ok=True)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="ascii") as fh:
-            fh.write(token + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        self._fsync_dir()
+        write_atomic(self._token_path(), (token + "\n").encode("ascii"))
 
     def _forget_token(self) -> None:
-        try:
-            os.unlink(self._token_path())
-        except FileNotFoundError:
-            return
-        self._fsync_dir()
-
-    def _fsync_dir(self) -> None:
-        fd = os.open(self.state_dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        remove_durable(self._token_path())

@@ -26,8 +26,13 @@ import time
 from dataclasses import dataclass, field
 
 from platforms.plan import Flow, Plan
-from platforms.base import Backend, BackendError, BackendUnavailable, Capabilities, ReadBack
+from platforms.base import Backend, BackendError, BackendUnavailable, Capabilities, ReadBack, Support
 from platforms.windivert.filter import ICMP_REPLY_TYPES, Filters, compile_plan, render
+
+NOTES = ("filters live in handles of the agent process: isolation lasts only while the "
+         "agent runs (Windows drops them at exit; eBPFDivert after a 3 s heartbeat). "
+         "Stateless filters: UDP replies of exception flows are checked in user space; "
+         "UDP replies of vendor/DNS flows are matched on source port in the kernel.")
 
 UDP_TIMEOUT = 120.0        # s, like conntrack's assured UDP timeout
 UDP_TABLE_MAX = 65536      # learned UDP flows; new ones are refused when full (fail closed)
@@ -152,6 +157,8 @@ class _Generation:
 
 class WinDivertBackend(Backend):
     name = "windivert"
+    CAPABILITIES = Capabilities(survives_agent_exit=False, blocks_tamper_while_alive=False,
+                                atomic_apply=True, cuts_open_connections=True, notes=NOTES)
     # Two priority slots so that old and new generations never share a priority while both
     # are open. The guard runs before the drop handle (higher priority = earlier).
     DROP_PRIORITY = (1000, 1001)
@@ -163,14 +170,14 @@ class WinDivertBackend(Backend):
         self._lock = threading.Lock()
 
     @classmethod
-    def capabilities(cls) -> Capabilities:
-        return Capabilities(
-            survives_agent_exit=False, blocks_tamper_while_alive=False, atomic_apply=True,
-            cuts_open_connections=True,
-            notes="filters live in handles of the agent process: isolation lasts only while the "
-                  "agent runs (Windows drops them at exit; eBPFDivert after a 3 s heartbeat). "
-                  "Stateless filters: UDP replies of exception flows are checked in user space; "
-                  "UDP replies of vendor/DNS flows are matched on source port in the kernel.")
+    def is_supported(cls) -> Support:
+        if not sys.platform.startswith(("win", "linux")):
+            return Support(False, f"WinDivert runs on Windows (eBPFDivert on Linux), not {sys.platform}")
+        try:
+            _pydivert()  # pydivert imports and the driver (or eBPFDivert library) is registered
+        except BackendUnavailable as exc:
+            return Support(False, str(exc))
+        return Support(True, "pydivert loaded and the WinDivert driver is registered")
 
     def render(self, plan: Plan) -> str:
         try:

@@ -24,6 +24,7 @@ import uuid
 from platforms.plan import Flow, Plan, PortRange
 from platforms.nftables.render import build
 from platforms.nftables.backend import WANTED_FLAGS, NftablesBackend
+from platforms.nftables.readback import TableState
 
 VENDOR = "198.51.100.10"
 SIZES = (1, 50, 1000, 10000)
@@ -104,7 +105,7 @@ def bench_apply(pair: Pair, runs: int) -> None:
         encode = []
         for _ in range(runs):
             t0 = time.perf_counter()
-            NftablesBackend()._create_batch(build(plans[0]), {"table": None}, WANTED_FLAGS)
+            NftablesBackend()._create_batch(build(plans[0]), TableState(False), WANTED_FLAGS)
             encode.append(time.perf_counter() - t0)
         print(f"  {n:>14} {median_ms(fresh):>9.1f} {median_ms(update):>9.1f} "
               f"{median_ms(encode):>18.1f}")

@@ -11,8 +11,10 @@ Modules: netns (namespace helpers), lab (topology, responders, sweep), responder
 servers), probe (probes, ProbeLoop, Session), expect (independent expected tables),
 table (truth tables, JSON, JUnit), driver (the real agent via the CLI), scenarios, demo.
 """
+from . import netns
+from .errors import CordonWrong, HarnessError
 from .lab import DEFAULT_TOPOLOGY, Host, Lab, sweep
 from .probe import ALLOWED, BLOCKED, ERROR, Probe, ProbeLoop, Result, Session, probe, run_probes
 
-__all__ = ["DEFAULT_TOPOLOGY", "Host", "Lab", "sweep", "ALLOWED", "BLOCKED", "ERROR",
+__all__ = ["netns", "CordonWrong", "HarnessError", "DEFAULT_TOPOLOGY", "Host", "Lab", "sweep", "ALLOWED", "BLOCKED", "ERROR",
            "Probe", "ProbeLoop", "Result", "Session", "probe", "run_probes"]

@@ -1,14 +1,15 @@
-"""`python -m tests.harness demo`: the lab, the real agent, and the story told as truth
-tables — normal -> isolated -> policy update -> strict -> released. Exit 1 on any
-mismatch. Everything happens in the lab's namespaces and is torn down at the end."""
+"""`python -m tests.harness demo`: the lab, a real nats-server on the vendor host, two real
+agents and `cordon-console`, and the story told as truth tables — normal -> policy v1 ->
+isolate all over the vendor channel -> live policy v2 on both sensor types -> strict ->
+offline release with a token -> release. Exit 1 on any mismatch. Everything happens in
+the lab's namespaces and is torn down at the end."""
 from __future__ import annotations
 
 import sys
 import time
 
-from .driver import Agent
+from .console_story import TOPOLOGY, ConsoleStory
 from .lab import Lab
-from .scenarios import Story
 from .table import dump_json, junit_xml
 
 POLICY_V1 = {
@@ -29,22 +30,15 @@ def _progress(msg: str) -> None:
 
 def demo(json_path=None, junit_path=None, sensor_type: str = "endpoint_sensor", keep: bool = False) -> int:
     t0 = time.monotonic()
-    steps = []
-    with Lab(log=_progress) as lab:
-        agent = Agent(lab, sensor_type=sensor_type)
+    steps, plan = [], []
+    with Lab(topology=TOPOLOGY, log=_progress) as lab:
+        cs = ConsoleStory(lab, [POLICY_V1, POLICY_V2], say=lambda m: print(m, end="", flush=True))
         try:
-            _progress(f"starting the agent in {lab.ns('endpoint')} ({sensor_type})")
-            agent.start()
-            story = Story(lab, agent, policies=[POLICY_V1, POLICY_V2])
-            _progress(f"{len(story.probes)} probes per table")
-            plan = [
-                ("baseline", story.baseline),
-                ("policy v1 while normal", lambda: story.policy_update(POLICY_V1)),
-                ("isolate", story.isolate),
-                ("policy v2 while isolated", lambda: story.policy_update(POLICY_V2)),
-                ("strict", story.strict),
-                ("release", story.release),
-            ]
+            _progress(f"nats-server on {cs.broker.url}; agents ep1 (endpoint_sensor, {lab.ns('endpoint')}) "
+                      f"and ep2 (security_agent, {lab.ns('endpoint2')})")
+            story = cs.start()
+            _progress(f"{len(story.probes)} probes per table (ep1)")
+            plan = cs.steps()
             for name, run in plan:
                 _progress(f"step: {name} ...")
                 step = run()
@@ -54,7 +48,7 @@ def demo(json_path=None, junit_path=None, sensor_type: str = "endpoint_sensor", 
             if keep and not all(s.ok for s in steps):
                 input(f"lab {lab.runid} kept up for the replay commands; Enter tears it down ")
         finally:
-            agent.close()
+            cs.close()
     if json_path:
         with open(json_path, "w") as f:
             f.write(dump_json([s.comparison for s in steps]))
@@ -65,4 +59,4 @@ def demo(json_path=None, junit_path=None, sensor_type: str = "endpoint_sensor", 
     print("SUMMARY: " + ("all steps match" if not bad else f"mismatches in: {', '.join(bad)}")
           + f"; {sum(s.comparison.correct for s in steps)} correct, "
           f"{sum(s.comparison.incorrect for s in steps)} incorrect; {time.monotonic() - t0:.1f}s, lab torn down")
-    return 1 if bad or len(steps) < 6 else 0
+    return 1 if bad or len(steps) < len(plan) else 0

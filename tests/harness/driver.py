@@ -16,7 +16,7 @@ import tempfile
 import time
 
 from . import netns
-from .lab import REPO_ROOT
+from .lab import REPO_ROOT, load_factor
 
 
 class CliError(RuntimeError):
@@ -101,14 +101,16 @@ class Agent:
             raise RuntimeError("agent already running")
         self.starts += 1
         log = open(self.log_path, "a")
-        self.proc = subprocess.Popen(self.argv("run", "--config", self.config_path), env=self._env,
-                                     cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        # lab.spawn: its own process group, which the lab's teardown kills by pid.
+        self.proc = self.lab.spawn(self.host, sys.executable, "-m", "agent.cli", "run",
+                                   "--config", self.config_path, env=self._env, cwd=REPO_ROOT,
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         log.close()
         self.wait_ready(timeout)
         return self
 
     def wait_ready(self, timeout: float = 15) -> None:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * load_factor()
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"agent exited with {self.proc.returncode}:\n{self.stderr_tail()}")

@@ -8,6 +8,11 @@ anything of the product (agent.*, platforms.*), so a bug there cannot hide in he
   policy when it is enabled (outbound: endpoint opens; inbound: the peer opens, to the
   endpoint's local ports). Replies pass. All else is dropped: IPv6 entirely, and
   everything forwarded through the endpoint (exceptions are for the host, not a router).
+- DHCP (config `vendor.dhcp`, default true) is DHCP only: the endpoint's client port 68
+  to server port 67 at the broadcast address or the server that leased its address, and
+  that server's replies (67 -> 68). Not to or from any other address, never inbound
+  first, none at all with dhcp = false. No lab host leased the endpoint's address, so
+  no lab host gets a DHCP allowance.
 """
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ from dataclasses import dataclass, field
 from .probe import ALLOWED, BLOCKED, Probe
 
 UNMENTIONED_CANDIDATES = (9, 8080, 2222, 4444, 31337)
+DHCP_CLIENT, DHCP_SERVER = 68, 67
+BROADCAST = "255.255.255.255"
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,18 @@ class Model:
     stored: dict | None = None            # the newest accepted policy
     enforced: dict | None = None          # the policy whose exceptions are in force
     history: list = field(default_factory=list)
+    dhcp_servers: tuple = ()              # servers that leased the endpoint's address
+
+    @property
+    def dhcp(self) -> bool:
+        return self.config.get("vendor", {}).get("dhcp", True)
+
+    def dhcp_allows(self, direction: str, proto: str, peer: str, port, sport) -> bool:
+        if not self.dhcp or proto != "udp" or peer not in (BROADCAST, *self.dhcp_servers):
+            return False
+        if direction == "out":  # the client asks
+            return (sport, port) == (DHCP_CLIENT, DHCP_SERVER)
+        return False  # the server's answer is a reply of that exchange, never a new flow
 
     @property
     def sensor_type(self) -> str:
@@ -134,7 +153,8 @@ class Model:
             direction, peer = "in", lab.addr(p.src, 4)
         else:
             return BLOCKED  # forwarded through the endpoint
-        ok = any(r.allows(direction, p.proto, peer, p.port) for r in self.rules())
+        ok = any(r.allows(direction, p.proto, peer, p.port) for r in self.rules()) \
+            or self.dhcp_allows(direction, p.proto, peer, p.port, p.sport)
         return ALLOWED if ok else BLOCKED
 
     def expected(self, lab, probes) -> dict[Probe, str]:
@@ -160,10 +180,11 @@ def mentioned_ports(config: dict, policies=()) -> list[int]:
     return sorted(ports | set(_unmentioned(rules)[:2]))
 
 
-def probe_set(lab, config: dict, policies=(), families=(4, 6)) -> list[Probe]:
+def probe_set(lab, config: dict, policies=(), families=(4, 6), skip_ports=()) -> list[Probe]:
     """endpoint -> each host and each host -> endpoint, tcp/udp on the mentioned ports and
     icmp, both families; a source-port trick from peers that the endpoint may reach on a
-    port; and behind -> outside (the forward path)."""
+    port; and behind -> outside (the forward path). `skip_ports`: ports a lab service
+    (the console's broker) holds, so no responder can listen there; never probed."""
     rules = _mentioned_rules(config, policies)
     ports = mentioned_ports(config, policies)
     services = [(proto, port) for proto in ("tcp", "udp") for port in ports] + [("icmp", None)]
@@ -186,4 +207,5 @@ def probe_set(lab, config: dict, policies=(), families=(4, 6)) -> list[Probe]:
             if ipaddress.ip_address(lab.addr(peer, 4)) in r.network:
                 for proto in sorted(r.protos - {"icmp"}):
                     probes.append(Probe(peer, "endpoint", proto, dport, 4, sport=r.ports[0][0]))
-    return list(dict.fromkeys(probes))
+    skip = set(skip_ports)
+    return [p for p in dict.fromkeys(probes) if p.port not in skip and p.sport not in skip]

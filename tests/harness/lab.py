@@ -18,16 +18,51 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 
 from . import netns
+from .errors import HarnessError
 
 PREFIX = "cdn-"
 TMP_PREFIX = "cdn-harness-"  # run directories (control sockets, agent state) in $TMPDIR
 OWNER_DIR = "/run/cordon-harness"  # <runid>.owner: pid and start time of the run's process
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_PORTS = (22, 53, 80, 443, 3389, 8080)
+TRAPPED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _lab_trap(signum, frame):
+    """While a Lab is up: Ctrl-C/SIGTERM/SIGHUP become exceptions in the process that
+    owns the lab, so `with Lab()` tears down. A forked child that still has this handler
+    (it should not: see _forget_labs_in_child) dies instead of unwinding into the
+    parent's code."""
+    if os.getpid() not in _OWNERS:
+        os._exit(128 + signum)
+    outer = _OUTER.get(signum)
+    if callable(outer) and outer is not signal.default_int_handler:
+        return outer(signum, frame)  # the host process has its own way to stop (pytest's runner)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + signum)
+
+
+_OWNERS: set[int] = set()  # pids that own a live Lab (the process that created it)
+_OUTER: dict = {}  # the handlers in place before the outermost live Lab trapped signals
+
+
+def _forget_labs_in_child() -> None:
+    """After any fork: the child owns no lab and gets default signal dispositions, so a
+    signal kills it rather than raising into code it copied from its parent."""
+    _OWNERS.clear()
+    _OUTER.clear()
+    for sig in TRAPPED:
+        if signal.getsignal(sig) is _lab_trap:
+            signal.signal(sig, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=_forget_labs_in_child)
 
 
 @dataclass(frozen=True)
@@ -99,6 +134,7 @@ class Lab:
                 raise ValueError(f"host {h.name}: attach only to the router or to a host on it")
         self.rundir = ""
         self.namespaces: list[str] = []
+        self._owner = os.getpid()
         self._responders: dict[str, subprocess.Popen] = {}
         self._extra: list[subprocess.Popen] = []
         self._old_handlers: dict = {}
@@ -193,14 +229,14 @@ class Lab:
             self._responders[name] = subprocess.Popen(
                 netns.exec_argv(self.ns(name), sys.executable, "-m", "tests.harness.responder",
                                 "--ctl", self.ctl_path(name), "--ports", ports),
-                env=env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 15
+                env=env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 15 * load_factor()
         for name, proc in self._responders.items():
             while self.control(name, "PING") != "PONG":
                 if proc.poll() is not None:
-                    raise RuntimeError(f"responder on {name} exited with {proc.returncode}")
+                    raise HarnessError(f"responder on {name} exited with {proc.returncode}")
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"responder on {name} did not come up")
+                    raise HarnessError(f"responder on {name} did not come up")
                 time.sleep(0.02)
 
     def _wait_reachable(self) -> None:
@@ -208,13 +244,13 @@ class Lab:
         probes = [Probe("endpoint", h, "icmp", None, fam)
                   for h in self.hosts if h != "endpoint" for fam in (4, 6)]
         probes += [Probe("behind", "outside", "icmp", None, fam) for fam in (4, 6)]
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 10 * load_factor()
         while True:
             bad = [r for r in run_probes(self, probes, timeout=1.0) if r.verdict != "ALLOWED"]
             if not bad:
                 return
             if time.monotonic() > deadline:
-                raise RuntimeError("lab not reachable before isolation: " +
+                raise HarnessError("lab not reachable before isolation: " +
                                    "; ".join(f"{r.probe.label()}: {r.detail}" for r in bad))
             probes = [r.probe for r in bad]
 
@@ -257,8 +293,9 @@ class Lab:
         proc.wait()
 
     def spawn(self, host: str, *argv: str, **kw) -> subprocess.Popen:
-        """A process inside a host's namespace, killed at teardown."""
-        p = subprocess.Popen(netns.exec_argv(self.ns(host), *argv), **kw)
+        """A process inside a host's namespace, in a session of its own: teardown kills
+        that process group (and nothing else)."""
+        p = subprocess.Popen(netns.exec_argv(self.ns(host), *argv), start_new_session=True, **kw)
         self._extra.append(p)
         return p
 
@@ -266,22 +303,32 @@ class Lab:
         return netns.run_in(self.ns(host), *argv, check=check, timeout=timeout)
 
     def close(self) -> None:
+        """Kill the processes this lab started (their process groups, by pid), delete its
+        namespaces, and report (HarnessError) any process it did not start that is still
+        in one of them: such a process is never signalled, it may be the runner's own."""
+        if os.getpid() != self._owner:
+            return  # a forked child never tears down its parent's lab
         if self._old_handlers:  # a second Ctrl-C must not cut the teardown short
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                self._old_handlers.setdefault(sig, signal.signal(sig, signal.SIG_IGN))
+            for sig in TRAPPED:
+                signal.signal(sig, signal.SIG_IGN)
+        strays: dict[str, list[str]] = {}
         try:
-            for p in [*self._responders.values(), *self._extra]:
-                with contextlib.suppress(ProcessLookupError):
-                    p.terminate()
-            for p in [*self._responders.values(), *self._extra]:
+            procs = [*self._responders.values(), *self._extra]
+            for p in procs:
+                _signal_group(p, signal.SIGTERM)
+            for p in procs:
                 try:
-                    p.wait(timeout=2)
+                    p.wait(timeout=2 * load_factor())
                 except subprocess.TimeoutExpired:
-                    p.kill()
+                    _signal_group(p, signal.SIGKILL)
                     p.wait()
+                _signal_group(p, signal.SIGKILL)  # what is left of its group
             self._responders.clear()
             self._extra.clear()
             for ns in self.namespaces:
+                left = _wait_empty(ns, 2 * load_factor())
+                if left:
+                    strays[ns] = left
                 remove_namespace(ns)
             self.namespaces.clear()
             if self.rundir:
@@ -290,27 +337,73 @@ class Lab:
                 os.unlink(os.path.join(OWNER_DIR, f"{self.runid}.owner"))
         finally:
             self._restore_signals()
+        if strays:
+            raise HarnessError("processes the harness did not start were in its namespaces "
+                               "(not signalled; namespaces deleted): " +
+                               "; ".join(f"{ns}: {', '.join(p)}" for ns, p in strays.items()))
 
     def _trap_signals(self) -> None:
-        """SIGTERM/SIGHUP become exceptions so that `with Lab()` tears down (Ctrl-C
-        already raises KeyboardInterrupt). Only possible from the main thread."""
-        import threading
+        """Ctrl-C/SIGTERM/SIGHUP become exceptions so that `with Lab()` tears down, whatever
+        dispositions the process inherited (a runner started in the background inherits
+        SIGINT ignored). Only possible from the main thread."""
         if threading.current_thread() is not threading.main_thread():
             return
-
-        def _raise(signum, frame):
-            raise SystemExit(128 + signum)
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            self._old_handlers[sig] = signal.signal(sig, _raise)
+        _OWNERS.add(self._owner)
+        for sig in TRAPPED:
+            self._old_handlers[sig] = signal.signal(sig, _lab_trap)
+            if self._old_handlers[sig] is not _lab_trap:
+                _OUTER[sig] = self._old_handlers[sig]
 
     def _restore_signals(self) -> None:
         for sig, h in self._old_handlers.items():
             signal.signal(sig, h)
+        if self._old_handlers and all(signal.getsignal(s) is not _lab_trap for s in TRAPPED):
+            _OWNERS.discard(self._owner)
+            _OUTER.clear()
         self._old_handlers.clear()
 
 
+def load_factor() -> float:
+    """How much slower than an idle 2-core machine this one is right now (>= 1): the
+    1-minute load average per CPU. Deadlines that guard against a hang scale with it."""
+    try:
+        per_cpu = os.getloadavg()[0] / (os.cpu_count() or 1)
+    except OSError:
+        return 1.0
+    return max(1.0, min(per_cpu, 8.0))
+
+
+def _signal_group(p: subprocess.Popen, sig: int) -> None:
+    """Signal the process group led by a process this harness started (its own session)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(p.pid, sig)
+
+
+def _describe(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        cmd = "?"
+    return f"pid {pid} ({cmd[:80]})"
+
+
+def _wait_empty(ns: str, timeout: float) -> list[str]:
+    """Wait until no process is in `ns`; describe those still there after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while (pids := netns.pids_in(ns)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return [_describe(p) for p in pids]
+
+
 def remove_namespace(ns: str) -> None:
-    """Kill every process inside `ns`, then delete it (its veths go with it)."""
+    """Delete a namespace name (its veths go with it); signals nobody."""
+    netns.forget(ns)
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def _kill_everything_in(ns: str) -> None:
+    """Only for `sweep`, on namespaces whose run is dead: kill what is left inside."""
     for _ in range(50):
         pids = netns.pids_in(ns)
         if not pids:
@@ -319,8 +412,6 @@ def remove_namespace(ns: str) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.02)
-    netns.forget(ns)
-    subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 def _owner_alive(runid: str) -> bool | None:
@@ -346,6 +437,7 @@ def sweep(everything: bool = False, say=print) -> list[str]:
         if alive or (alive is None and not everything):
             say(f"keep   {ns} ({'run alive' if alive else 'no owner record; use --all'})")
             continue
+        _kill_everything_in(ns)
         remove_namespace(ns)
         removed.append(ns)
         say(f"remove {ns}")

@@ -42,10 +42,10 @@ class Step:
 
 
 class Story:
-    def __init__(self, lab, agent, policies=(), families=(4, 6), timeout: float = 1.0) -> None:
+    def __init__(self, lab, agent, policies=(), families=(4, 6), timeout: float = 1.0, skip_ports=()) -> None:
         self.lab, self.agent, self.timeout = lab, agent, timeout
         self.model = Model(agent.config)
-        self.probes = probe_set(lab, agent.config, list(policies), families)
+        self.probes = probe_set(lab, agent.config, list(policies), families, skip_ports)
         lab.listen({p.port for p in self.probes if p.port})
         self.steps: list[Step] = []
 

@@ -6,6 +6,7 @@ BLOCKED; teardown must leave `ip netns list` as it was, also on failure and on s
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import time
 import pytest
 
 from tests.harness import ALLOWED, BLOCKED, ERROR, Lab, Probe, ProbeLoop, Session, sweep
-from tests.harness.lab import REPO_ROOT
+from tests.harness.lab import REPO_ROOT, load_factor
 from tests.harness.netns import list_namespaces
 from tests.harness.table import Comparison, junit_xml
 
@@ -173,34 +174,51 @@ def test_teardown_on_failure_leaves_namespaces_as_before():
 
 
 HOLD = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
     from tests.harness import Lab
+    if sys.argv[1:] == ["sigint-ignored"]:  # as inherited by a runner started in the background
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     with Lab() as lab:
         print(lab.runid, flush=True)
-        time.sleep(60)
+        time.sleep(600)
 """)
 
 
-def _hold_lab():
-    p = subprocess.Popen([sys.executable, "-c", HOLD], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
-    runid = p.stdout.readline().strip()
-    assert runid, "lab did not start"
-    assert any(n.startswith(f"cdn-{runid}-") for n in list_namespaces())
-    return p, runid
+@contextlib.contextmanager
+def _held_lab(*args: str):
+    """A lab held by another process; if the test fails before that process ends, it is
+    killed and its namespaces swept, so a failing test leaves nothing behind either."""
+    p = subprocess.Popen([sys.executable, "-c", HOLD, *args], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                         text=True)
+    try:
+        runid = p.stdout.readline().strip()
+        assert runid, "lab did not start"
+        assert any(n.startswith(f"cdn-{runid}-") for n in list_namespaces())
+        yield p, runid
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+            sweep(say=lambda _: None)
+        p.stdout.close()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_tears_down(sig):
-    p, runid = _hold_lab()
-    p.send_signal(sig)
-    p.wait(timeout=20)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("inherited", ["sigint-default", "sigint-ignored"])
+def test_signal_tears_down(sig, inherited):
+    """Ctrl-C, SIGTERM and SIGHUP tear the lab down, whatever SIGINT disposition the
+    process inherited (a background CI job inherits SIGINT ignored: the lab's trap must
+    not depend on it). The wait is a guard against a hang, scaled with the load."""
+    with _held_lab(inherited) as (p, runid):
+        p.send_signal(sig)
+        assert p.wait(timeout=60 * load_factor()) in (-sig, 128 + sig)
     assert _ours(runid) == []
 
 
 def test_sweep_removes_leftovers_of_a_killed_run():
-    p, runid = _hold_lab()
-    p.kill()
-    p.wait()
+    with _held_lab() as (p, runid):
+        p.kill()
+        p.wait()
     left = _ours(runid)
     assert left, "SIGKILL should leave the namespaces behind"
     removed = sweep(say=lambda _: None)

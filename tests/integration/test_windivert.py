@@ -19,7 +19,7 @@ import pytest
 
 from platforms.plan import Flow, Plan, PortRange
 from tests.harness import ALLOWED, BLOCKED, Probe, ProbeLoop, Session
-from tests.harness.lab import REPO_ROOT
+from tests.harness.lab import REPO_ROOT, load_factor
 from tests.harness.table import Comparison
 
 pytestmark = pytest.mark.root
@@ -215,7 +215,9 @@ def test_read_back_and_honest_crash_semantics(lab, agent):
     assert agent.cmd(cmd="read_back")["present"] is False
     agent.apply(PLAN_A)
     rb = agent.cmd(cmd="read_back")
-    assert rb["present"] and rb["digest"] == PLAN_A.digest()
+    # WinDivert cannot read filters back: the digest is the plan's own (issue 19), so it
+    # proves nothing and is not asserted. The packets below are the evidence.
+    assert rb["present"]
     assert rb["details"]["kernel_read_back"] is False and rb["details"]["depends_on_process"] is True
     assert {h["role"] for h in rb["details"]["handles"]} >= {"drop", "forward"}
     assert lab.probe("endpoint", "outside", "tcp", 443).verdict == BLOCKED
@@ -224,6 +226,6 @@ def test_read_back_and_honest_crash_semantics(lab, agent):
     # depends on the live agent.
     agent.proc.send_signal(signal.SIGKILL)
     agent.proc.wait()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 10 * load_factor()  # guards a hang; the event is the probe
     while lab.probe("endpoint", "outside", "tcp", 443).verdict != ALLOWED:
         assert time.monotonic() < deadline, "isolation still in force 10 s after the agent died"

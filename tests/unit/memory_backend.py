@@ -1,4 +1,7 @@
-"""A tiny in-memory backend to exercise the engine without a firewall."""
+"""A tiny in-memory backend to exercise the engine without a firewall.
+
+Its read-back digests what is *installed*, which tests can make differ from what was
+applied (`tamper`, `lossy`), so an `enforcing` assert in the engine tests can fail."""
 from __future__ import annotations
 
 from platforms.plan import Plan, atoms_digest
@@ -13,6 +16,14 @@ class MemoryBackend(Backend):
         self.installed: tuple[bool, frozenset] | None = None  # (dhcp, atoms)
         self.applied: list[Plan | None] = []
         self.fail_next = False
+        self.lossy = False  # a broken firewall: apply installs all but one atom
+
+    def tamper(self) -> None:
+        """Someone else changes the installed rules (drops one atom, or the table)."""
+        if self.installed is None:
+            return
+        dhcp, atoms = self.installed
+        self.installed = (dhcp, frozenset(sorted(atoms)[1:])) if atoms else None
 
     @classmethod
     def capabilities(cls) -> Capabilities:
@@ -26,7 +37,8 @@ class MemoryBackend(Backend):
         if self.fail_next:
             self.fail_next = False
             raise BackendError("injected failure")
-        self.installed = (plan.dhcp, plan.atoms())
+        atoms = plan.atoms()
+        self.installed = (plan.dhcp, frozenset(sorted(atoms)[1:]) if self.lossy else atoms)
         self.applied.append(plan)
 
     def clear(self) -> None:

@@ -59,7 +59,7 @@ def test_status_without_agent_exits_3_and_shows_persisted_state(tmp_path, capsys
                    '[vendor]\nendpoints = [{ address = "198.51.100.10", protocol = "tcp", ports = "443" }]\n')
     assert main(["status", "--json", "--config", str(cfg)]) == 3
     out = json.loads(capsys.readouterr().out)
-    assert out["state"] == "normal" and out["agent"] is None
+    assert out["state"] == "normal" and out["agent"]["pid"] is None and out["agent"]["running"] is False
 
 
 @pytest.mark.parametrize("cmd", [["isolate"], ["release"], ["policy", "show"]])

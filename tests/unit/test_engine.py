@@ -230,3 +230,19 @@ def test_reconcile_restores_vanished_rules(host):
 def test_reconcile_removes_rules_left_while_normal(host):
     host.backend.installed = (True, frozenset())
     assert host.engine.reconcile() is True and host.backend.installed is None
+
+
+# -- the enforcing flag is read back, so it can be False ----------------------------
+def test_tampered_rules_read_back_as_not_enforcing(host):
+    host.engine.isolate("standard", None, {})
+    assert host.status()["backend"]["enforcing"] is True
+    host.backend.tamper()
+    st = host.status()
+    assert st["backend"]["enforcing"] is False and st["policy"]["enforced_version"] is None
+
+
+def test_a_firewall_that_installs_less_than_the_plan_fails_the_apply(host):
+    host.backend.lossy = True
+    with pytest.raises(ApplyFailed):
+        host.engine.isolate("standard", None, {})
+    assert host.status()["backend"]["enforcing"] is False

@@ -4,7 +4,6 @@ against expectations computed here from the plan)."""
 from __future__ import annotations
 
 import ipaddress
-import os
 import random
 import re
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 from platforms.plan import Flow, Plan, PortRange
 from platforms.pf import PfBackend
 from platforms.pf.render import ANCHOR, read_rules, render
+from tests.golden import check_golden
 from tests.unit.fake_pfctl import FakePfctl, parse_ruleset
 
 GOLDEN = Path(__file__).parent / "golden" / "pf"
@@ -69,13 +69,8 @@ GOLDEN_NAMES = ["normal", "standard_0", "standard_1", "standard_50_50", "strict"
 
 
 @pytest.mark.parametrize("name", GOLDEN_NAMES)
-def test_golden(name):
-    path = GOLDEN / f"{name}.conf"
-    text = render(plan_for(name))
-    if os.environ.get("CORDON_UPDATE_GOLDEN"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert text == path.read_text(), f"{path} differs; review and regenerate with CORDON_UPDATE_GOLDEN=1"
+def test_golden(name, update_golden):
+    check_golden(GOLDEN / f"{name}.conf", render(plan_for(name)), update_golden)
 
 
 @pytest.mark.parametrize("name", GOLDEN_NAMES)

@@ -1,0 +1,213 @@
+"""The console channel's connection: an asyncio loop in its own thread, so the local
+control socket and the tamper watch never wait on the network.
+
+Connect (retrying forever while the broker is away) -> make sure the stream and the
+status bucket exist -> one durable pull consumer per subject (the agent's own and `all`)
+-> for each message: verify + apply (in a worker thread: the engine blocks on netlink
+and fsync) -> ack -> status to the bucket -> result event. Status also goes to the bucket
+on every state change and every 30 s. nats-py reconnects by itself once connected; the
+consumers are durable, so commands queued while the agent was away arrive afterwards."""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import nats
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
+from nats.js.errors import BucketNotFoundError, NotFoundError
+
+from agent.channel import wire
+from agent.channel.commands import Commands
+
+STATUS_EVERY_S = 30.0
+CHANGE_POLL_S = 1.0
+FETCH_WAIT_S = 5.0
+RETRY_S = (0.5, 5.0)
+ACK_WAIT_S = 60.0  # redelivery if the agent dies between apply and ack
+
+
+def durable_name(agent_id: str, broadcast: bool) -> str:
+    return f"cordon-{agent_id}" + ("-all" if broadcast else "")
+
+
+class Channel:
+    def __init__(self, console, agent_id: str, commands: Commands, engine, log) -> None:
+        self.console, self.agent_id, self.commands, self.engine, self.log = console, agent_id, commands, engine, log
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="console", daemon=True)
+        self._status_now: asyncio.Event | None = None
+        self.connected = False
+
+    # -- thread ----------------------------------------------------------------------
+    def start(self) -> "Channel":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 3.0) -> None:
+        if self.loop is not None and self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except Exception as exc:  # never take the agent down; say why the channel stopped
+            self.log.error("console_channel_stopped", error=repr(exc))
+
+    # -- connection ------------------------------------------------------------------
+    async def _main(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._stop, self._status_now = asyncio.Event(), asyncio.Event()
+        backoff = RETRY_S[0]
+        while not self._stop.is_set():
+            try:
+                nc = await nats.connect(**self._options())
+            except Exception as exc:
+                self.log.info("console_unreachable", servers=list(self.console.servers), error=str(exc) or repr(exc),
+                              retry_s=backoff)
+                if await self._sleep(backoff):
+                    return
+                backoff = min(RETRY_S[1], backoff * 2)
+                continue
+            backoff = RETRY_S[0]
+            self.connected = True
+            self.log.info("console_connected", server=nc.connected_url.netloc if nc.connected_url else None,
+                          agent_id=self.agent_id)
+            try:
+                await self._serve(nc)
+            except Exception as exc:
+                self.log.error("console_channel_error", error=repr(exc))
+                await self._sleep(backoff)
+            finally:
+                self.connected = False
+                try:
+                    await nc.close()
+                except Exception:
+                    pass
+
+    def _options(self) -> dict:
+        async def disconnected():
+            self.connected = False
+            self.log.warning("console_disconnected")
+
+        async def reconnected():
+            self.connected = True
+            self.log.info("console_reconnected")
+            self._status_now.set()
+
+        async def error(exc):
+            self.log.info("console_transport_error", error=str(exc) or repr(exc))
+
+        opts = dict(servers=list(self.console.servers), name=f"cordon-agent-{self.agent_id}",
+                    connect_timeout=2, reconnect_time_wait=1, max_reconnect_attempts=-1,
+                    allow_reconnect=True, ping_interval=20, max_outstanding_pings=3,
+                    disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error)
+        if self.console.credentials:
+            opts["user_credentials"] = self.console.credentials
+        return opts
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Wait, but wake at stop; True when stopping."""
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    # -- serving ---------------------------------------------------------------------
+    async def _serve(self, nc) -> None:
+        js = nc.jetstream()
+        await ensure_stream(js)
+        kv = self._kv = await ensure_bucket(js)
+        subs = []
+        for broadcast in (False, True):
+            subject = wire.command_subject(wire.ALL if broadcast else self.agent_id)
+            cfg = ConsumerConfig(durable_name=durable_name(self.agent_id, broadcast), filter_subject=subject,
+                                 ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.NEW if broadcast else DeliverPolicy.ALL,
+                                 ack_wait=ACK_WAIT_S, max_ack_pending=64)
+            subs.append(await js.pull_subscribe(subject, durable=cfg.durable_name, stream=wire.STREAM, config=cfg))
+        self.log.info("console_subscribed", agent_id=self.agent_id, stream=wire.STREAM)
+        tasks = [asyncio.create_task(self._consume(nc, s)) for s in subs]
+        tasks.append(asyncio.create_task(self._status_loop(kv)))
+        stop = asyncio.create_task(self._stop.wait())
+        done, _ = await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
+        for t in [*tasks, stop]:
+            t.cancel()
+        for t in done:
+            if t is not stop and t.exception():
+                raise t.exception()
+
+    async def _consume(self, nc, sub) -> None:
+        while True:
+            try:
+                msgs = await sub.fetch(batch=16, timeout=FETCH_WAIT_S)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                continue
+            except Exception as exc:  # disconnected: nats-py reconnects; try again shortly
+                if nc.is_closed:
+                    raise
+                self.log.debug("console_fetch_retry", error=repr(exc))
+                await asyncio.sleep(0.5)
+                continue
+            for msg in sorted(msgs, key=lambda m: m.metadata.sequence.stream):
+                await self._one(nc, msg)
+
+    async def _one(self, nc, msg) -> None:
+        seq = msg.metadata.sequence.stream
+        event = await asyncio.to_thread(self.commands.handle, msg.subject, msg.data, seq)
+        await msg.ack_sync()                       # durable and applied (or rejected): done
+        if event["outcome"] == "applied":
+            await self._put_status(self._kv)
+        try:
+            await nc.publish(wire.event_subject(self.agent_id), json.dumps(event).encode())
+        except Exception as exc:
+            self.log.info("console_event_not_sent", error=repr(exc), command_id=event["id"])
+
+    # -- status ----------------------------------------------------------------------
+    async def _status_loop(self, kv) -> None:
+        last_state, last_put = None, 0.0
+        while True:
+            state = self.engine.state
+            due = time.monotonic() - last_put >= STATUS_EVERY_S
+            if state is not last_state or due or self._status_now.is_set():
+                self._status_now.clear()
+                if await self._put_status(kv):
+                    last_state, last_put = state, time.monotonic()
+            try:
+                await asyncio.wait_for(self._status_now.wait(), CHANGE_POLL_S)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _put_status(self, kv) -> bool:
+        try:
+            doc = await asyncio.to_thread(self.engine.status)
+            doc["agent_id"] = self.agent_id
+            doc["reported_at"] = wire.rfc3339(wire.utcnow())
+            await kv.put(self.agent_id, json.dumps(doc, sort_keys=True).encode())
+            return True
+        except Exception as exc:
+            self.log.debug("console_status_not_sent", error=repr(exc))
+            return False
+
+
+async def ensure_stream(js) -> None:
+    """Whoever connects first (agent or console) creates the stream (DESIGN §10)."""
+    try:
+        await js.stream_info(wire.STREAM)
+    except NotFoundError:
+        try:
+            await js.add_stream(StreamConfig(name=wire.STREAM, subjects=[wire.STREAM_SUBJECTS],
+                                             max_age=wire.STREAM_MAX_AGE_S))
+        except Exception:
+            await js.stream_info(wire.STREAM)  # another client won the race
+
+
+async def ensure_bucket(js):
+    try:
+        return await js.key_value(wire.STATUS_BUCKET)
+    except BucketNotFoundError:
+        from nats.js.api import KeyValueConfig
+        return await js.create_key_value(KeyValueConfig(bucket=wire.STATUS_BUCKET, history=1))

@@ -1,0 +1,1 @@
+"""cordon-console: the responder side of the console channel (DESIGN §10)."""

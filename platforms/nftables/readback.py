@@ -1,0 +1,133 @@
+"""Read what the kernel holds in table inet cordon, decoded into Cordon's own types, and
+compare it with the render of a plan: every chain, set and rule. Rules are compared by
+tag; anything missing, extra, foreign or undecodable is reported by name. A count is
+never proof."""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from platforms.nftables import wire as w
+from platforms.nftables.exprs import Undecodable, decode_list
+from platforms.nftables.netlink import NftSocket
+from platforms.nftables.shape import GENERATIONS, SET_FIELDS, TABLE, set_name
+from platforms.nftables.vocabulary import TAG_PREFIX, Rule, decode_rule, tag_of
+
+
+@dataclass(frozen=True)
+class TableState:
+    present: bool
+    flags: int = 0
+    owner: int | None = None
+    sets: dict | None = None
+    gen: str | None = None
+    shape_problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SeenRule:
+    """One rule of a dump: its tag (None if it has none), and either the decoded Rule or
+    why it could not be decoded."""
+    tag: str | None
+    rule: Rule | None
+    error: str | None = None
+
+
+def table_state(sock: NftSocket) -> TableState:
+    raw = sock.get("GETTABLE", w.table_body())
+    if raw is None:
+        return TableState(False)
+    flags, owner = w.table_flags_owner(raw)
+    problems = []
+    chains = {}
+    for payload in sock.dump("GETCHAIN", w.s(w.NFTA_CHAIN_TABLE, TABLE)):
+        a = w.attr_map(payload)
+        if w.cstr(a.get(w.NFTA_CHAIN_TABLE, b"")) != TABLE:
+            continue
+        hook = w.attr_map(a.get(w.NFTA_CHAIN_HOOK, b""))
+        chains[w.cstr(a[w.NFTA_CHAIN_NAME])] = (
+            w.be32(hook[w.NFTA_HOOK_HOOKNUM]) if w.NFTA_HOOK_HOOKNUM in hook else None,
+            struct.unpack(">i", hook[w.NFTA_HOOK_PRIORITY])[0]
+            if w.NFTA_HOOK_PRIORITY in hook else None,
+            w.be32(a[w.NFTA_CHAIN_POLICY]) if w.NFTA_CHAIN_POLICY in a else None,
+            w.cstr(a.get(w.NFTA_CHAIN_TYPE, b"")))
+    expected_chains = {c: (w.HOOKS[c], 0, w.NF_DROP, "filter") for c in w.HOOKS}
+    if chains != expected_chains:
+        problems.append(f"chains {sorted(chains)} differ from {sorted(expected_chains)}")
+    sets = {}
+    for payload in sock.dump("GETSET", w.s(w.NFTA_SET_TABLE, TABLE)):
+        a = w.attr_map(payload)
+        if w.cstr(a.get(w.NFTA_SET_TABLE, b"")) == TABLE:
+            sets[w.cstr(a[w.NFTA_SET_NAME])] = (w.be32(a[w.NFTA_SET_KEY_TYPE]),
+                                                 w.be32(a[w.NFTA_SET_FLAGS]))
+    gen = next((g for g in GENERATIONS if set_name("out_l4", g) in sets), "a")
+    expected_sets = {set_name(n, gen): (w.be32(w.attr_map(w.set_body(n, gen))[w.NFTA_SET_KEY_TYPE]),
+                                        w.SET_F_INTERVAL | w.SET_F_CONCAT) for n in SET_FIELDS}
+    if sets != expected_sets:
+        problems.append(f"sets {sorted(sets)} differ from what Cordon installs")
+    return TableState(True, flags, owner, sets, gen, tuple(problems))
+
+
+def set_elements(sock: NftSocket, name: str, gen: str) -> tuple:
+    fields = SET_FIELDS[name]
+    out = []
+    for payload in sock.dump("GETSETELEM", w.set_ref_body(name, gen)):
+        a = w.attr_map(payload)
+        for _, elem in w.parse_attrs(a.get(w.NFTA_SET_ELEM_LIST_ELEMENTS, b"")):
+            e = w.attr_map(elem)
+            start = w.unpack_key(fields, w.attr_map(e[w.NFTA_SET_ELEM_KEY])[w.NFTA_DATA_VALUE])
+            end_attr = e.get(w.NFTA_SET_ELEM_KEY_END)
+            end = w.unpack_key(fields, w.attr_map(end_attr)[w.NFTA_DATA_VALUE]) if end_attr else start
+            out.append(tuple(zip(start, end)))
+    return tuple(sorted(out))
+
+
+def dumped_rules(sock: NftSocket, gen: str) -> dict[str, list[SeenRule]]:
+    rules: dict[str, list[SeenRule]] = {}
+    for payload in sock.dump("GETRULE", w.s(w.NFTA_RULE_TABLE, TABLE)):
+        a = w.attr_map(payload)
+        if w.cstr(a.get(w.NFTA_RULE_TABLE, b"")) != TABLE:
+            continue
+        rules.setdefault(w.cstr(a[w.NFTA_RULE_CHAIN]), []).append(
+            decode_seen(a.get(w.NFTA_RULE_EXPRESSIONS, b""), a.get(w.NFTA_RULE_USERDATA), gen))
+    return rules
+
+
+def decode_seen(exprs: bytes, udata: bytes | None, gen: str) -> SeenRule:
+    tag = tag_of(udata)
+    if tag is None or not tag.startswith(TAG_PREFIX):
+        try:
+            names = [e.NAME for e in decode_list(exprs)]
+        except Undecodable as exc:
+            names = [f"undecodable: {exc}"]
+        return SeenRule(tag, None, f"{' '.join(names)}")
+    try:
+        return SeenRule(tag, decode_rule(exprs, udata, gen))
+    except (Undecodable, KeyError, IndexError) as exc:
+        return SeenRule(tag, None, str(exc) or type(exc).__name__)
+
+
+def has_dhcp(seen: dict[str, list[SeenRule]]) -> bool:
+    return any(r.tag == "cordon/dhcp" for rules in seen.values() for r in rules)
+
+
+def rule_problems(seen: dict[str, list[SeenRule]], expected: dict[str, tuple[Rule, ...]]) -> list[str]:
+    """What differs between the dumped rules and the expected ones, one line per rule."""
+    problems = []
+    for chain in sorted(set(seen) | set(expected)):
+        want = {r.tag: r for r in expected.get(chain, ())}
+        tags = []
+        for r in seen.get(chain, []):
+            if r.tag is None or not r.tag.startswith(TAG_PREFIX):
+                problems.append(f"{chain}: foreign rule ({r.error})")
+            elif r.rule is None:
+                problems.append(f"{chain}: rule {r.tag}: undecodable ({r.error})")
+            elif r.tag not in want or r.tag in tags:
+                problems.append(f"{chain}: rule {r.tag}: extra")
+            elif r.rule != want[r.tag]:
+                problems.append(f"{chain}: rule {r.tag}: differs from what Cordon installs")
+            tags.append(r.tag)
+        problems += [f"{chain}: rule {t}: missing" for t in want if t not in tags]
+        if not problems and tags != list(want):
+            problems.append(f"{chain}: rules out of order: {tags}")
+    return problems
