@@ -37,11 +37,10 @@ class DebInstaller:
     def build(self) -> None:
         out = os.path.join(self.workdir, "deb")
         os.makedirs(out, exist_ok=True)
-        _run(["bash", DEB_BUILD, out], cwd=REPO_ROOT, timeout=900)
-        debs = sorted(glob.glob(os.path.join(out, "cordon_*.deb")) or glob.glob(os.path.join(out, "**", "cordon_*.deb"), recursive=True))
-        if not debs:
-            raise RuntimeError(f"{DEB_BUILD} made no cordon_*.deb in {out}")
-        self.deb = debs[-1]
+        printed = _run(["bash", DEB_BUILD, "--out", out], cwd=REPO_ROOT, timeout=900)
+        self.deb = printed.strip().splitlines()[-1].strip()
+        if not self.deb.endswith(".deb") or not os.path.exists(self.deb):
+            raise RuntimeError(f"{DEB_BUILD} printed no .deb path (last line {self.deb!r})")
         self.upgrade_deb = self._bumped(self.deb)
 
     def _bumped(self, deb: str) -> str:

@@ -251,8 +251,8 @@ class VmLab(Lab):
             self._responders[name] = subprocess.Popen(
                 netns.exec_argv(self.ns(name), sys.executable, "-m", "tests.harness.responder",
                                 "--ctl", self.ctl_path(name), "--ports", ports),
-                env=env, cwd=REPO, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 15
+                env=env, cwd=REPO, stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 15 * hlab.load_factor()
         for name, proc in self._responders.items():
             while self.control(name, "PING") != "PONG":
                 if proc.poll() is not None:
