@@ -20,7 +20,6 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 [ -x .venv/bin/python ] || bash scripts/setup.sh
-before_ns=$(ip netns list | sort)
 t0=$(date +%s)
 image=$(bash tests/vm/build-image.sh "$kernel")
 echo "vm-test: image $image ready in $(( $(date +%s) - t0 ))s"
@@ -28,9 +27,4 @@ set +e
 .venv/bin/python -m tests.vm.run "$image" --kernel "$kernel"
 rc=$?
 set -e
-after_ns=$(ip netns list | sort)
-if [ "$before_ns" != "$after_ns" ]; then
-  echo "vm-test: network namespaces left behind: $(comm -13 <(echo "$before_ns") <(echo "$after_ns") | tr '\n' ' ')" >&2
-  rc=1
-fi
 exit "$rc"

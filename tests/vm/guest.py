@@ -23,6 +23,8 @@ import subprocess
 import threading
 import time
 
+from tests.harness.lab import load_factor
+
 
 class HarnessError(RuntimeError):
     """The lab or the guest is broken (no shell, QEMU died): not a verdict on Cordon."""
@@ -172,6 +174,7 @@ class Guest:
 
     def wait_for_shell(self, timeout: float = 240) -> float:
         """Wait for the shell's READY line of a new boot; returns seconds since power-on/reset."""
+        timeout *= load_factor()
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -203,6 +206,7 @@ class Guest:
         return self._run_line(command, timeout)
 
     def _run_line(self, command: str, timeout: float) -> tuple[int, str, str]:
+        timeout = timeout * load_factor()  # a guard against a hang, not a verdict
         with self._lock:
             ident = next(self._ids)
             payload = base64.b64encode(command.encode()).decode()
@@ -240,6 +244,7 @@ class Guest:
         return out + err
 
     def wait_until_succeeds(self, command: str, timeout: float = 60, step: float = 0.5) -> str:
+        timeout *= load_factor()
         deadline = time.monotonic() + timeout
         while True:
             rc, out, err = self.execute(command, timeout=max(5, timeout))
@@ -252,6 +257,7 @@ class Guest:
 
     def wait_for_unit(self, unit: str, timeout: float = 120) -> None:
         """Active, or fail fast: a failed unit, or an inactive one with no job pending."""
+        timeout *= load_factor()
         deadline = time.monotonic() + timeout
         while True:
             out = self.succeed(f"systemctl show -p ActiveState,SubState,Result {shlex.quote(unit)}; "

@@ -288,9 +288,11 @@ class VmLab(Lab):
             f"{RESPONDER_UNIT.format(dir=GUEST_TEST_DIR, ctl=GUEST_CTL, ports=ports)}EOF\n"
             f"cat > /etc/systemd/system/cordon-ctl-bridge.service <<'EOF'\n"
             f"{BRIDGE_UNIT.format(dir=GUEST_TEST_DIR, ctl=GUEST_CTL)}EOF\n"
-            f"systemctl daemon-reload && systemctl enable --now cordon-responder cordon-ctl-bridge")
+            f"systemctl daemon-reload && systemctl enable cordon-responder cordon-ctl-bridge && "
+            f"systemctl start --no-block cordon-responder cordon-ctl-bridge")
 
     def _wait_guest_responder(self, timeout: float = 60) -> None:
+        timeout *= hlab.load_factor()
         deadline = time.monotonic() + timeout
         while self.control(GUEST, "PING", timeout=3) != "PONG":
             if time.monotonic() > deadline:
@@ -303,7 +305,7 @@ class VmLab(Lab):
         from .probe import vm_probes
         from tests.harness.probe import Probe
         probes = [Probe(GUEST, h, "icmp", None, fam) for h in self.peers for fam in (4, 6)]
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 60 * hlab.load_factor()
         while True:
             bad = [r for r in vm_probes(self, probes, timeout=2.0) if r.verdict != "ALLOWED"]
             if not bad:

@@ -11,6 +11,8 @@ import tempfile
 import time
 import traceback
 
+from tests.harness import netns
+
 from .agent import GuestAgent
 from .install import installer
 from .lab import VmLab
@@ -37,6 +39,7 @@ def main(argv=None) -> int:
     with VmLab(image_dir=args.image_dir, log=say) as lab:
         figures["boot: shell after power-on"] = round(lab.boot_seconds, 1)
         figures["boot: multi-user.target after power-on"] = round(lab.multi_user_seconds, 1)
+        lab_namespaces = list(lab.namespaces)
         story = VmStory(lab, GuestAgent(lab), inst, policies=[policy])
         steps = [story.install,
                  lambda: (story.agent.policy_set(policy), story.model.policy_set(policy),
@@ -59,6 +62,12 @@ def main(argv=None) -> int:
             print(f"--> {title}: {'PASS' if ok else 'FAIL'} ({time.monotonic() - s0:.1f}s)\n", flush=True)
             passed, failed = passed + ok, failed + (not ok)
         figures.update(story.figures)
+    # Teardown removed what this run made (other engineers' labs may be up: judge only ours).
+    left = [ns for ns in lab_namespaces if ns in netns.list_namespaces()]
+    if left or (lab.guest and lab.guest.proc and lab.guest.proc.poll() is None):
+        print(f"TEARDOWN left behind: namespaces {left}, qemu running: "
+              f"{bool(lab.guest and lab.guest.proc and lab.guest.proc.poll() is None)}")
+        failed += 1
     figures["total"] = round(time.monotonic() - t0, 1)
     print("timings (s):")
     for k, v in figures.items():
