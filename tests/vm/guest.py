@@ -260,10 +260,11 @@ class Guest:
         timeout *= load_factor()
         deadline = time.monotonic() + timeout
         while True:
-            out = self.succeed(f"systemctl show -p ActiveState,SubState,Result {shlex.quote(unit)}; "
-                               f"systemctl list-jobs --no-legend {shlex.quote(unit)} | wc -l")
+            # jobs first: a job that finishes between the two queries then shows as active
+            out = self.succeed(f"systemctl list-jobs --no-legend {shlex.quote(unit)} | wc -l; "
+                               f"systemctl show -p ActiveState,SubState,Result {shlex.quote(unit)}")
             props = dict(l.split("=", 1) for l in out.splitlines() if "=" in l)
-            jobs = int(out.splitlines()[-1])
+            jobs = int(out.splitlines()[0])
             state = props.get("ActiveState")
             if state == "active":
                 return
