@@ -163,9 +163,11 @@ def cmd_policy_validate(args) -> int:
 
 
 def cmd_rules(args) -> int:
-    from agent.compile import compile_plan
+    from agent.compile import check_enforceable, compile_plan
     from platforms import backend_class
     config = _config(args)
+    if args.backend:
+        check_enforceable(config, args.backend)
     policy = None
     if args.policy:
         try:

@@ -36,3 +36,22 @@ def compile_plan(config: Config, policy: Policy | None, mode: Mode) -> Plan:
         dhcp=config.vendor.dhcp,
         policy_version=policy.version if (policy is not None and mode == "standard") else None,
     )
+
+
+def check_enforceable(config: Config, backend: str | None = None) -> None:
+    """The config's vendor channel must fit the backend's own limits (e.g. the WinDivert
+    filter size): render the strict plan (pure, nothing installed) and turn a refusal into
+    invalid config naming vendor.endpoints. Used by load_config and `cordon rules`, so
+    that `status`, `rules`, `run` and `config check` agree on what is valid."""
+    from agent.errors import FieldError, InvalidInput
+    from platforms import backend_class
+    from platforms.base import BackendUnavailable
+    try:
+        cls = backend_class(backend or config.backend)
+    except BackendUnavailable:
+        return  # cannot run here: `run` says so; `rules --backend` names it
+    try:
+        cls(state_dir=None).render(compile_plan(config, None, "strict"))
+    except (ValueError, RuntimeError) as exc:
+        raise InvalidInput(FieldError("vendor.endpoints", f"too many for the {cls.name} backend: {exc}"),
+                           "config") from None

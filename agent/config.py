@@ -6,11 +6,12 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from agent.channel.settings import ConsoleConfig, uncovered_servers
 from agent.errors import FieldError, InvalidInput, from_pydantic
-from agent.fields import Address, HostAddress, Ports, Protocol
+from agent.fields import Address, HostAddress, Name, Ports, Protocol, check_icmp_ports
 
 DEFAULT_PATH = "/etc/cordon/agent.toml"
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -19,10 +20,17 @@ MAX_CONFIG_BYTES = 1024 * 1024
 class VendorEndpoint(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
+    # The same field rules as a policy exception (a typo here must not fail later,
+    # while isolating): field order matters, `ports` is checked against `protocol`.
     address: Address
     protocol: Protocol
     ports: Ports
-    name: str | None = None
+    name: Name | None = None
+
+    @field_validator("ports")
+    @classmethod
+    def _icmp_any_port(cls, v: str, info: ValidationInfo) -> str:
+        return check_icmp_ports(info.data.get("protocol"), v)
 
 
 class Vendor(BaseModel):
@@ -88,7 +96,10 @@ def load_config(path: str) -> Config:
         doc = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput(FieldError("", f"{path} is not valid TOML: {exc}"), "config") from None
-    return parse_config(doc)
+    config = parse_config(doc)
+    from agent.compile import check_enforceable  # compile imports this module
+    check_enforceable(config)
+    return config
 
 
 def parse_config(doc: dict) -> Config:

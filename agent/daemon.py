@@ -8,13 +8,15 @@ import socket
 import threading
 
 from agent import channel as console_channel
+from agent import instance, log as audit
 from agent.config import Config
 from agent.engine import Engine
 from agent.errors import ApplyFailed
-from agent.log import audit_log_path, configure, reopen_audit_log
+from agent.log import RateLimited, audit_log_path, configure, reopen_audit_log
 from agent.server import ControlServer
 from agent.store import Store
 from platforms import backend_class
+from platforms.base import BackendUnavailable
 
 VERIFY_INTERVAL_S = 0.5   # tamper check when the backend offers no change events
 EVENT_VERIFY_S = 5.0      # slow safety-net check when it does
@@ -95,13 +97,23 @@ def watch(engine: Engine, stop: threading.Event, log, notifier: ServiceNotifier 
 
 def run(config: Config) -> int:
     signal.signal(signal.SIGHUP, lambda _signum, _frame: reopen_audit_log())  # before anything else
+    # Before anything touches the state dir, the socket or the firewall: a safe dir, and
+    # only one agent per state dir (a second one must not take the socket over).
+    instance.check_state_dir(config.state_dir)
+    lock_fd = instance.acquire(config.state_dir)  # noqa: F841 - held until the process exits
     log = configure(audit_log_path(config.audit_log))
     notifier = ServiceNotifier()
     backend = backend_class(config.backend)(state_dir=config.state_dir)
-    probes = backend.probe()  # kernel-dependent capabilities, tried in this namespace
+    try:
+        probes = backend.probe()  # kernel-dependent capabilities, tried in this namespace
+    except BackendUnavailable:
+        raise
+    except Exception as exc:  # a failed probe must not stop an agent that may be isolating
+        log.error("backend_probe_failed", error=repr(exc))
+        probes = []
     log.info("backend_probed", backend=backend.name,
              probes=[{"name": p.name, "present": p.present, "evidence": p.evidence} for p in probes])
-    engine = Engine(config, Store(config.state_dir), backend, log)
+    engine = Engine(config, Store(config.state_dir), backend, log, health=audit.health)
     stop = threading.Event()
 
     def on_signal(signum, _frame):
@@ -113,10 +125,13 @@ def run(config: Config) -> int:
     start_problem = None
     try:
         engine.start()   # enforcement first: nothing is served before it holds
-    except ApplyFailed as exc:
-        log.error("start_degraded", error=str(exc))  # keep running: the watch retries
-        start_problem = str(exc)
-    server = ControlServer(config.control_socket, engine, log)
+    except BackendUnavailable:
+        raise    # this backend cannot run here at all: exit 1 with the reason
+    except Exception as exc:  # anything else: stay up in the most isolated state; the watch retries
+        engine.degraded = engine.degraded or f"start failed: {exc}"
+        log.error("start_degraded", error=repr(exc))
+    start_problem = engine.degraded  # the engine degrades instead of raising (issue 14)
+    server = ControlServer(config.control_socket, engine, log, rejections=RateLimited(log))
     # The release gate is in place before the socket serves; the channel has its own thread.
     channel = console_channel.start(config, engine, server, log)
     threading.Thread(target=server.serve_forever, name="control", daemon=True).start()

@@ -1,8 +1,15 @@
 """The isolation engine: the state machine and the sensor-type rules for policy updates.
 
 It decides what should be in force and asks the backend to make it so; it never talks
-to a firewall itself. Every accepted change is stored durably *before* it is enforced
-and before the caller hears back: a crash in between is healed by `start()`.
+to a firewall itself. One rule for every change: it is accepted only if its plan can be
+built, applied, read back and stored. The new state is written and fsynced to a temp file
+first (a full disk fails before the firewall is touched), then applied, then renamed into
+place before the caller hears back. On any failure nothing is stored, what was in force is
+put back, and the caller gets ApplyFailed naming the reason.
+
+At start and in the watch loop there is no caller to refuse: if the stored state cannot be
+enforced the engine falls back to the most isolated state the firewall accepts (strict,
+else whatever is in force; never a release), reports `degraded` and keeps retrying.
 """
 from __future__ import annotations
 
@@ -52,47 +59,82 @@ def state_view(s: AgentState, sensor_type: str) -> dict:
 
 
 class Engine:
-    def __init__(self, config: Config, store: Store, backend: Backend, log) -> None:
+    def __init__(self, config: Config, store: Store, backend: Backend, log, health=None) -> None:
         self.config = config
         self.store = store
         self.backend = backend
         self.log = log
+        self.health = health          # callable -> dict, e.g. the audit log's write health
         self.state = AgentState()
+        self.degraded: str | None = None  # why the stored state is not what is in force
         self.started = time.time()
         self._lock = threading.RLock()
 
     # -- life cycle ---------------------------------------------------------------
     def start(self) -> None:
-        """Load the persisted state and enforce it, before anything else happens."""
+        """Load the persisted state and enforce it, before anything else happens.
+        Never raises for a firewall or disk failure: the agent must stay up."""
         with self._lock:
-            try:
-                self.state = self.store.load()
-            except StateCorrupt as exc:
-                # Fail closed: strict isolation keeps only the vendor channel, so a responder
-                # can still reach the host; the untrusted file is kept for forensics.
-                aside = self.store.quarantine()
-                self.state = AgentState(state="isolated", mode="strict", since=now_iso(),
-                                        reason=f"fail-closed: {exc}")
-                self.store.save(self.state)
-                self.log.error("state_corrupt", error=str(exc), kept_as=str(aside), action="isolated strict")
-            ms, _ = self._enforce()
+            self.state = self._load_or_adopt()
+            ms = self._enforce_best()
             self.log.info("state_restored", state=self.state.state, mode=self.state.mode,
-                          enforced_version=self._enforced_version(), apply_ms=ms)
+                          enforced_version=self._enforced_version(), apply_ms=ms, degraded=self.degraded)
+
+    def _load_or_adopt(self) -> AgentState:
+        try:
+            state = self.store.load_if_present()
+        except StateCorrupt as exc:
+            # Fail closed: strict isolation keeps only the vendor channel, so a responder
+            # can still reach the host; the untrusted file is kept for forensics.
+            try:
+                aside = self.store.quarantine()
+            except OSError as err:
+                aside = f"not moved aside: {err.strerror or err}"
+            self.log.error("state_corrupt", error=str(exc), kept_as=str(aside), action="isolated strict")
+            return self._persist_at_start(AgentState(state="isolated", mode="strict", since=now_iso(),
+                                                     reason=f"fail-closed: {exc}"))
+        if state is not None:
+            return state
+        try:
+            present = self.backend.read_back().present
+        except BackendUnavailable:
+            raise
+        except Exception as exc:  # cannot tell: adopt, the safe side
+            present, why = True, f"read-back failed: {exc}"
+        else:
+            why = "Cordon rules are in force"
+        if not present:
+            return AgentState()
+        # A lost state file must never release the host: adopt what is in force, strict
+        # because the policy behind it cannot be recovered.
+        self.log.error("state_missing", path=str(self.store.path), found=why, action="adopted, isolated strict")
+        return self._persist_at_start(AgentState(state="isolated", mode="strict", since=now_iso(),
+                                                 reason=f"adopted: {self.store.path} was missing and {why}"))
+
+    def _persist_at_start(self, state: AgentState) -> AgentState:
+        try:
+            self.store.save(state)
+        except OSError as exc:
+            self.log.error("state_save_failed", error=_os_reason(exc))
+        return state
 
     # -- commands -----------------------------------------------------------------
     def isolate(self, mode: Mode, reason: str | None, actor: dict) -> dict:
         reason = check_reason(reason)
         with self._lock:
             was = self.state
-            self._commit(was.model_copy(update={
+            ms, seen = self._change(was.model_copy(update={
                 "state": "isolated", "mode": mode, "reason": reason,
                 "since": was.since if was.state == "isolated" else now_iso(),
                 "isolation_policy": was.stored_policy,  # latest stored policy, both sensor types
             }))
-            ms, seen = self._enforce()
             self.log.info("isolated", mode=mode, reason=reason, **actor, previous_state=was.state,
                           enforced_version=self._enforced_version(), apply_ms=ms)
-            cut = cut_by(self.desired_plan())
+            try:
+                cut = cut_by(self.desired_plan())
+            except Exception as exc:  # the isolation holds; cutting is a best-effort extra
+                self.log.error("connections_cut_failed", error=repr(exc))
+                cut = None
             if cut:
                 self.log.info("connections_cut", count=len(cut), connections=cut)
             return self.status(seen)
@@ -101,9 +143,8 @@ class Engine:
         reason = check_reason(reason)
         with self._lock:
             was = self.state
-            self._commit(AgentState(state="normal", since=now_iso(), reason=reason,
-                                    stored_policy=was.stored_policy))
-            ms, seen = self._enforce()
+            ms, seen = self._change(AgentState(state="normal", since=now_iso(), reason=reason,
+                                               stored_policy=was.stored_policy))
             self.log.info("released", reason=reason, **actor, previous_state=was.state, apply_ms=ms)
             return self.status(seen)
 
@@ -116,32 +157,41 @@ class Engine:
             update = {"stored_policy": policy}
             if live:
                 update["isolation_policy"] = policy
-            self._commit(was.model_copy(update=update))
+            ms, seen = self._change(was.model_copy(update=update), apply=live)
             self.log.info("policy_stored", version=policy.version, enabled=policy.enabled,
                           inbound=len(policy.inbound), outbound=len(policy.outbound), **actor)
-            seen = None
             if live:
-                ms, seen = self._enforce()
                 self.log.info("policy_enforced", version=policy.version, mode=was.mode, apply_ms=ms)
             return self.status(seen)
 
     def reconcile(self) -> bool:
         """Re-apply if what the firewall holds differs from what should be in force.
-        Returns True when tampering was found (and repaired)."""
+        Returns True when tampering was found (and repaired). While degraded, retries
+        the stored state and raises ApplyFailed if it still cannot be enforced."""
         with self._lock:
+            if self.degraded:
+                self._enforce_best()
+                if self.degraded:
+                    raise ApplyFailed(self.degraded)
+                self.log.info("recovered", state=self.state.state, mode=self.state.mode)
+                return False
             plan = self.desired_plan()
             seen = self.backend.read_back()
             if seen.enforces(plan):
                 return False
             self.log.warning("tamper_detected", expected=plan.digest() if plan else None,
                              found=seen.digest, present=seen.present)
-            ms, _ = self._enforce()
+            ms = self._enforce_best()
+            if self.degraded:
+                raise ApplyFailed(self.degraded)
             self.log.info("tamper_repaired", apply_ms=ms)
             return True
 
     # -- views ----------------------------------------------------------------------
     def desired_plan(self) -> Plan | None:
-        s = self.state
+        return self._plan_for(self.state)
+
+    def _plan_for(self, s: AgentState) -> Plan | None:
         if s.state != "isolated":
             return None
         return compile_plan(self.config, s.isolation_policy, s.mode or "strict")
@@ -150,12 +200,12 @@ class Engine:
         """`seen`: a read-back just made by the caller, so the firewall is not read twice."""
         with self._lock:
             s = self.state
-            plan = self.desired_plan()
             try:
+                plan = self.desired_plan()
                 seen = seen or self.backend.read_back()
                 enforcing, present, detail = seen.enforces(plan), seen.present, seen.details
-            except BackendError as exc:
-                enforcing, present, detail = False, None, {"error": str(exc)}
+            except Exception as exc:
+                enforcing, present, detail = False, None, {"error": _reason(exc)}
             caps = self.backend.capabilities()
             try:
                 probes = [asdict(p) for p in self.backend.probe()]
@@ -165,6 +215,7 @@ class Engine:
             view["policy"]["enforced_version"] = self._enforced_version() if enforcing else None
             return {
                 **view,
+                "degraded": self.degraded,
                 "backend": {
                     "name": self.backend.name,
                     "enforcing": enforcing,
@@ -172,10 +223,15 @@ class Engine:
                     "survives_agent_exit": caps.survives_agent_exit,
                     "capabilities": asdict(caps),
                     "probes": probes,
+                    # both read back by the backend: how tamper is met (blocked or
+                    # detect-and-repair) and the §6 paths it cannot close
+                    "tamper": detail.get("tamper"),
+                    "limits": detail.get("limits"),
                     "details": detail,
                 },
                 "agent": {"pid": os.getpid(), "version": __version__,
-                          "uptime_s": round(time.time() - self.started, 1)},
+                          "uptime_s": round(time.time() - self.started, 1),
+                          **({"audit_log": self.health()} if self.health else {})},
             }
 
     # -- internals ------------------------------------------------------------------
@@ -185,12 +241,72 @@ class Engine:
             return s.isolation_policy.version
         return None
 
-    def _commit(self, new: AgentState) -> None:
-        self.store.save(new)   # durable first; only then enforce and acknowledge
+    def _change(self, new: AgentState, apply: bool = True) -> tuple[float | None, ReadBack | None]:
+        """The one rule: build the plan, stage the state on disk, apply and read back,
+        then commit the state. Any failure: nothing stored, the old rules put back."""
+        old_plan = self.desired_plan()
+        try:
+            plan = self._plan_for(new)
+        except Exception as exc:
+            raise ApplyFailed(f"cannot build the rules for this change: {_reason(exc)}") from exc
+        try:
+            staged = self.store.prepare(new)
+        except OSError as exc:
+            self.log.error("state_save_failed", error=_os_reason(exc))
+            raise ApplyFailed(f"cannot store state: {_os_reason(exc)}; nothing was changed") from exc
+        ms = seen = None
+        try:
+            if apply:
+                ms, seen = self._apply(plan)
+            staged.commit()
+        except BaseException as exc:
+            staged.abort()
+            if apply:
+                self._put_back(old_plan)
+            if isinstance(exc, OSError):
+                self.log.error("state_save_failed", error=_os_reason(exc))
+                raise ApplyFailed(f"cannot store state: {_os_reason(exc)}; nothing was changed") from exc
+            raise
         self.state = new
+        if apply:
+            self.degraded = None
+        return ms, seen
 
-    def _enforce(self) -> tuple[float, ReadBack]:
-        plan = self.desired_plan()
+    def _put_back(self, plan: Plan | None) -> None:
+        """After a failed change: make sure the previous rules are what is in force."""
+        try:
+            self._apply(plan)
+        except ApplyFailed as exc:
+            self.degraded = f"the previous rules could not be put back: {exc}"
+
+    def _enforce_best(self) -> float | None:
+        """Enforce the stored state; if the firewall refuses, the most isolated state it
+        accepts (strict: vendor only); if none, leave what is in force. Sets `degraded`."""
+        s = self.state
+        candidates = [s]
+        if s.state == "isolated" and s.mode != "strict":
+            candidates.append(s.model_copy(update={"mode": "strict"}))
+        failure = None
+        for i, candidate in enumerate(candidates):
+            try:
+                ms, _ = self._apply(self._plan_for(candidate))
+            except BackendUnavailable:
+                raise  # this backend cannot run here at all: the daemon says so and exits 1
+            except Exception as exc:
+                failure = failure or _reason(exc)
+                continue
+            if i == 0:
+                self.degraded = None
+            else:
+                self.degraded = f"stored state not enforceable ({failure}); enforcing strict isolation instead"
+                self.log.error("degraded", reason=self.degraded)
+            return ms
+        self.degraded = (f"cannot enforce the stored state ({failure}); what was in force is left "
+                         "in place and the agent keeps retrying")
+        self.log.error("degraded", reason=self.degraded)
+        return None
+
+    def _apply(self, plan: Plan | None) -> tuple[float, ReadBack]:
         t0 = time.monotonic()
         try:
             if plan is None:
@@ -202,9 +318,22 @@ class Engine:
             raise  # not a refused change: this backend cannot run here at all
         except BackendError as exc:
             self.log.error("apply_failed", error=str(exc), state=self.state.state, mode=self.state.mode)
-            raise ApplyFailed(f"the firewall refused the change: {exc}; the agent keeps retrying") from exc
+            raise ApplyFailed(f"the firewall refused the change: {exc}") from exc
+        except Exception as exc:
+            self.log.error("apply_failed", error=repr(exc), state=self.state.state, mode=self.state.mode)
+            raise ApplyFailed(f"the firewall change failed: {_reason(exc)}") from exc
         if not seen.enforces(plan):
             self.log.error("apply_failed", error="read-back differs from plan",
                            expected=plan.digest() if plan else None, found=seen.digest)
             raise ApplyFailed("the rules read back from the firewall differ from the plan")
         return round((time.monotonic() - t0) * 1000, 2), seen
+
+
+def _os_reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or exc.__class__.__name__

@@ -101,6 +101,31 @@ def _parse_range(text: str) -> PortRange:
     return PortRange(first, last)
 
 
+_BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
+MAX_NAME_CHARS = 64
+
+
+def parse_name(value: object) -> str:
+    """A display name: 1-64 printable Unicode characters (characters, not bytes); control
+    characters and bidi overrides (which can make a name read as something else) rejected."""
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    if not 1 <= len(value) <= MAX_NAME_CHARS:
+        raise ValueError(f"must be 1 to {MAX_NAME_CHARS} characters (this one has {len(value)})")
+    for i, c in enumerate(value):
+        if c in _BIDI_CONTROLS:
+            raise ValueError(f"character {i + 1} is a bidirectional control (U+{ord(c):04X}), not allowed")
+        if not c.isprintable():
+            raise ValueError(f"character {i + 1} (U+{ord(c):04X}) is not printable")
+    return value
+
+
+def check_icmp_ports(protocol: str | None, ports: str) -> str:
+    if protocol == "icmp" and ports != "any":
+        raise ValueError("icmp has no ports: use \"any\"")
+    return ports
+
+
 def port_ranges(canonical: str) -> tuple[PortRange, ...]:
     """Canonical ports string → ranges; () for any."""
     if canonical == "any":
@@ -111,3 +136,4 @@ def port_ranges(canonical: str) -> tuple[PortRange, ...]:
 Address = Annotated[str, BeforeValidator(parse_address)]
 HostAddress = Annotated[str, BeforeValidator(lambda v: parse_address(v, allow_cidr=False))]
 Ports = Annotated[str, BeforeValidator(parse_ports)]
+Name = Annotated[str, BeforeValidator(parse_name)]

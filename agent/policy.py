@@ -1,18 +1,17 @@
 """The exceptions policy (DESIGN §1 "Exceptions"): model, parsing and validation."""
 from __future__ import annotations
 
-import json
-import string
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, ValidationInfo, field_validator
 
 from agent.errors import FieldError, InvalidInput, from_pydantic
-from agent.fields import Address, Ports, Protocol
+from agent import protocol as _json
+from agent.fields import Address, Name, Ports, Protocol, check_icmp_ports
 
 MAX_POLICY_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_PER_DIRECTION = 50
-_PRINTABLE = set(string.printable) - set("\t\n\r\x0b\x0c")
+MAX_VERSION = 2**53 - 1   # the largest integer every JSON tool exchanges exactly
 
 
 class Exception_(BaseModel):
@@ -20,29 +19,16 @@ class Exception_(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    name: str | None = None
+    name: Name | None = None
     protocol: Protocol
     address: Address
     ports: Ports
     active: StrictBool = True
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        if not 1 <= len(v) <= 64:
-            raise ValueError("must be 1 to 64 characters")
-        if not set(v) <= _PRINTABLE:
-            raise ValueError("must hold printable ASCII characters only")
-        return v
-
     @field_validator("ports")
     @classmethod
     def _icmp_any_port(cls, v: str, info: ValidationInfo) -> str:
-        if info.data.get("protocol") == "icmp" and v != "any":
-            raise ValueError("icmp has no ports: use \"any\"")
-        return v
+        return check_icmp_ports(info.data.get("protocol"), v)
 
     def key(self) -> tuple[str, str, str]:
         return (self.protocol, self.address, self.ports)
@@ -57,7 +43,7 @@ class Exception_(BaseModel):
 class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    version: Annotated[StrictInt, Field(ge=1)]
+    version: Annotated[StrictInt, Field(ge=1, le=MAX_VERSION)]
     enabled: StrictBool = False
     inbound: Annotated[tuple[Exception_, ...], Field(strict=False)] = ()
     outbound: Annotated[tuple[Exception_, ...], Field(strict=False)] = ()
@@ -69,24 +55,17 @@ class Policy(BaseModel):
         return self.model_dump(mode="json")
 
 
-def _reject_duplicate_keys(pairs):
-    keys = [k for k, _ in pairs]
-    dupes = sorted({k for k in keys if keys.count(k) > 1})
-    if dupes:
-        raise InvalidInput(FieldError(dupes[0], "key appears more than once in the document"), "policy")
-    return dict(pairs)
-
-
 def parse_json(text: str | bytes) -> dict:
-    """Policy file text → dict, rejecting what json.loads would quietly accept (duplicate keys)."""
+    """Policy file text → dict, rejecting what json.loads would quietly accept (duplicate
+    keys) and what would crash it (deep nesting)."""
     if len(text) > MAX_POLICY_BYTES:
         raise InvalidInput(FieldError("", f"policy document larger than {MAX_POLICY_BYTES} bytes"), "policy")
     try:
-        doc = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
-    except (ValueError, UnicodeDecodeError) as exc:
-        if isinstance(exc, InvalidInput):
-            raise
-        raise InvalidInput(FieldError("", f"not valid JSON: {exc}"), "policy") from None
+        doc = _json.loads(text)
+    except _json.DuplicateKey as exc:
+        raise InvalidInput(FieldError(exc.key[:64], "key appears more than once in the document"), "policy") from None
+    except ValueError as exc:
+        raise InvalidInput(FieldError("", f"not valid JSON: {str(exc)[:200]}"), "policy") from None
     if not isinstance(doc, dict):
         raise InvalidInput(FieldError("", "the policy must be a JSON object"), "policy")
     return doc

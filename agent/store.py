@@ -1,9 +1,14 @@
 """The durable state: written atomically (temp file, fsync, rename, fsync dir) before
-any command is acknowledged; read back strictly, never silently reset."""
+any command is acknowledged; read back strictly, never silently reset.
+
+A save has two phases so that the engine can refuse a change the disk cannot hold
+before it touches the firewall: `prepare` writes and fsyncs a temp file (a full disk
+or a read-only dir fails here), `commit` renames it into place."""
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -11,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent.policy import Policy
-from platforms.durable import write_atomic
+from platforms.durable import fsync_dir
 
 STATE_FILE = "state.json"
 FORMAT = 1
@@ -53,10 +58,14 @@ class Store:
 
     def load(self) -> AgentState:
         """The persisted state; a fresh `normal` state if none was ever written."""
+        return self.load_if_present() or AgentState()
+
+    def load_if_present(self) -> AgentState | None:
+        """The persisted state, or None when there is no state file."""
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
-            return AgentState()
+            return None
         except OSError as exc:
             raise StateCorrupt(f"cannot read {self.path}: {exc.strerror}") from None
         try:
@@ -67,8 +76,24 @@ class Store:
             raise StateCorrupt(f"{self.path} is corrupt ({where}: {first['msg']})") from None
 
     def save(self, state: AgentState) -> None:
+        self.prepare(state).commit()
+
+    def prepare(self, state: AgentState) -> "PreparedSave":
+        """Write `state` to a temp file and fsync it; nothing visible changes yet.
+        Raises OSError (ENOSPC, EROFS, EACCES...) before anything is in place."""
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o755)
-        write_atomic(self.path, state.to_bytes(), mode=0o644)  # status is readable by any local user
+        data = state.to_bytes()
+        fd, tmp = tempfile.mkstemp(prefix=".state.", dir=self.dir)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)  # status is readable by any local user
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return PreparedSave(self, Path(tmp))
 
     def quarantine(self) -> Path | None:
         """Move an untrusted state file aside (kept for forensics), so a fresh one can be written."""
@@ -77,3 +102,22 @@ class Store:
         aside = self.path.with_name(f"{STATE_FILE}.corrupt-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
         os.replace(self.path, aside)
         return aside
+
+
+class PreparedSave:
+    """A state written and fsynced to a temp file, waiting to be renamed into place."""
+
+    def __init__(self, store: Store, tmp: Path) -> None:
+        self.store = store
+        self.tmp = tmp
+
+    def commit(self) -> None:
+        try:
+            os.replace(self.tmp, self.store.path)
+        except BaseException:
+            self.abort()
+            raise
+        fsync_dir(self.store.dir)
+
+    def abort(self) -> None:
+        self.tmp.unlink(missing_ok=True)

@@ -5,7 +5,7 @@
     cordon-console release AGENT [--reason TEXT]
     cordon-console policy publish FILE [--agent ID]
     cordon-console release-token AGENT --valid 24h
-    cordon-console fleet [--json]
+    cordon-console fleet [--json] [--html FILE]
 
 Each command waits for the agents' acks (--timeout) and prints one outcome per agent.
 Exit codes (DESIGN §2): 0 every agent applied it · 1 failure or no ack in time ·
@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from agent.channel import wire
 from agent.errors import EXIT_FAILURE, EXIT_INVALID, EXIT_NOT_PERMITTED, EXIT_OK, InvalidInput
 from agent.policy import MAX_POLICY_BYTES, parse_json, validate_policy
+from console.fleet_html import render_fleet
 from console.session import ConsoleError, Session
 
 DEFAULT_SERVERS = "nats://127.0.0.1:4222"
@@ -158,7 +159,12 @@ def cmd_fleet(args) -> int:
         rows.append({"agent": agent, "state": st.get("state"), "mode": st.get("mode"),
                      "sensor_type": st.get("sensor_type"), "stored_version": pol.get("stored_version"),
                      "enforced_version": pol.get("enforced_version"), "pending_version": pol.get("pending_version"),
-                     "enforcing": (st.get("backend") or {}).get("enforcing"), "last_seen": st.get("reported_at")})
+                     "enforcing": (st.get("backend") or {}).get("enforcing"),
+                     "tamper": st.get("tamper", (st.get("backend") or {}).get("tamper")),
+                     "last_seen": st.get("reported_at")})
+    if args.html:
+        with open(args.html, "w") as f:
+            f.write(render_fleet(rows, generated=wire.rfc3339(wire.utcnow())))
     if args.json:
         print(json.dumps(rows, indent=2, sort_keys=True))
         return EXIT_OK
@@ -206,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_release_token)
     s = sub.add_parser("fleet", parents=[common], help="one row per agent from the status bucket")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--html", metavar="FILE", help="also write the table as a self-contained, sortable HTML page")
     s.set_defaults(func=cmd_fleet)
     return p
 

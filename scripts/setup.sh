@@ -10,7 +10,10 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 need_apt=()
-for tool in nft:nftables ip:iproute2 iperf3:iperf3 conntrack:conntrack; do
+# The .deb (packaging/deb/build.sh) and its tests (a Debian root file system from mmdebstrap);
+# chromium: the HTML report tests load the pages in a real headless browser.
+for tool in nft:nftables ip:iproute2 iperf3:iperf3 conntrack:conntrack dh:debhelper \
+            dpkg-buildpackage:dpkg-dev mmdebstrap:mmdebstrap chromium:chromium; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")
 done
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)

@@ -52,8 +52,14 @@ class Commands:
         except ApplyFailed as exc:  # stored, not yet in force: the watch keeps retrying
             self.log.error("console_command_failed", command_id=cid, seq=seq, reason=str(exc))
             return self._event(cid, seq, "failed", "failure", str(exc))
+        except OSError as exc:      # e.g. the state dir is full: nothing accepted, so no ack
+            reason = f"cannot store state: {exc.strerror or exc}"
+            self.log.error("console_command_failed", command_id=cid, seq=seq, reason=reason, redeliver=True)
+            return self._event(cid, seq, "failed", "failure", reason) | {"redeliver": True}
         self.log.info("console_command_applied", command_id=cid, seq=seq, action=c.action)
-        return self._event(cid, seq, "applied", None, None, status)
+        ev = self._event(cid, seq, "applied", None, None, status)
+        ev["_status"] = status   # the full document, for the status bucket (not sent)
+        return ev
 
     def _apply(self, c: Command, actor: dict) -> dict:
         e = self.engine

@@ -25,6 +25,7 @@ STATUS_EVERY_S = 30.0
 CHANGE_POLL_S = 1.0
 FETCH_WAIT_S = 5.0
 RETRY_S = (0.5, 5.0)
+REDELIVER_S = 5.0  # a command that could not be stored comes back after this
 ACK_WAIT_S = 60.0  # redelivery if the agent dies between apply and ack
 
 
@@ -39,6 +40,7 @@ class Channel:
         self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._run, name="console", daemon=True)
         self._status_now: asyncio.Event | None = None
+        self._reported = None   # the engine state last written to the status bucket
         self.connected = False
 
     # -- thread ----------------------------------------------------------------------
@@ -158,9 +160,14 @@ class Channel:
     async def _one(self, nc, msg) -> None:
         seq = msg.metadata.sequence.stream
         event = await asyncio.to_thread(self.commands.handle, msg.subject, msg.data, seq)
-        await msg.ack_sync()                       # durable and applied (or rejected): done
-        if event["outcome"] == "applied":
-            await self._put_status(self._kv)
+        if event.pop("redeliver", False):          # not stored: leave it to the broker to retry
+            await msg.nak(delay=REDELIVER_S)
+        else:
+            await msg.ack_sync()                   # durable and applied (or rejected): done
+        status = event.pop("_status", None)
+        if status is not None:                     # the apply's own read-back: no second one
+            if await self._put_status(self._kv, status):
+                self._reported = self.engine.state
         try:
             await nc.publish(wire.event_subject(self.agent_id), json.dumps(event).encode())
         except Exception as exc:
@@ -168,22 +175,22 @@ class Channel:
 
     # -- status ----------------------------------------------------------------------
     async def _status_loop(self, kv) -> None:
-        last_state, last_put = None, 0.0
+        last_put = 0.0
         while True:
             state = self.engine.state
             due = time.monotonic() - last_put >= STATUS_EVERY_S
-            if state is not last_state or due or self._status_now.is_set():
+            if state is not self._reported or due or self._status_now.is_set():
                 self._status_now.clear()
                 if await self._put_status(kv):
-                    last_state, last_put = state, time.monotonic()
+                    self._reported, last_put = state, time.monotonic()
             try:
                 await asyncio.wait_for(self._status_now.wait(), CHANGE_POLL_S)
             except asyncio.TimeoutError:
                 pass
 
-    async def _put_status(self, kv) -> bool:
+    async def _put_status(self, kv, doc: dict | None = None) -> bool:
         try:
-            doc = await asyncio.to_thread(self.engine.status)
+            doc = dict(doc) if doc is not None else await asyncio.to_thread(self.engine.status)
             doc["agent_id"] = self.agent_id
             doc["reported_at"] = wire.rfc3339(wire.utcnow())
             await kv.put(self.agent_id, json.dumps(doc, sort_keys=True).encode())

@@ -7,6 +7,7 @@ setting the owner flag again in the batch that re-applies its plan.
 """
 from __future__ import annotations
 
+import select
 import time
 
 from platforms.plan import Plan, atoms_digest
@@ -15,6 +16,8 @@ from platforms.nftables import probe as probes
 from platforms.nftables import wire as w
 from platforms.nftables.netlink import NftSocket
 from platforms.nftables import readback
+from platforms.nftables import netdev
+from platforms.nftables.devices import LinkWatcher, list_devices
 from platforms.nftables.render import atoms_from_elements, build, chain_rules, render_text
 from platforms.nftables.shape import SET_FIELDS, TABLE, set_name
 
@@ -37,6 +40,7 @@ class NftablesBackend(Backend):
         self.netns = netns
         self._sock: NftSocket | None = None
         self._events: NftSocket | None = None
+        self._links: LinkWatcher | None = None
         self._plan: Plan | None = None
         self._table_flags: int | None = None  # from the persist probe, at the first apply
 
@@ -47,7 +51,8 @@ class NftablesBackend(Backend):
     # --- interface ---------------------------------------------------------------------
 
     def render(self, plan: Plan) -> str:
-        return render_text(build(plan))
+        rs = build(plan)
+        return render_text(rs) + netdev.render_text(rs, list_devices(self.netns))
 
     def apply(self, plan: Plan) -> None:
         """A first isolation is one batch that creates the table. An update is one batch
@@ -69,7 +74,7 @@ class NftablesBackend(Backend):
         self._plan = plan
 
     def _create(self, sock: NftSocket, rs, state) -> None:
-        sock.batch(self._create_batch(rs, state, self._flags()))
+        sock.batch(self._create_batch(rs, state, self._flags(), sock))
 
     def _run_probes(self):
         yield probes.probe_persist(self._socket())
@@ -84,12 +89,14 @@ class NftablesBackend(Backend):
 
     def _update(self, sock: NftSocket, rs, old: str) -> None:
         new = "b" if old == "a" else "a"
-        sock.batch([("NEWSET", w.NLM_F_CREATE, w.set_body(n, new)) for n in SET_FIELDS]
-                   + self._element_msgs(rs, new))
+        elements = self._element_msgs(rs, new)
+        sock.batch([("NEWSET", w.NLM_F_CREATE, w.set_body(n, new)) for n in SET_FIELDS] + elements)
         swap = [("NEWTABLE", 0, w.table_body(self._flags()))]  # adopts an orphan
         swap += [("DELRULE", 0, w.chain_ref_body(c)) for c in ("input", "output", "forward")]
         swap += self._rule_msgs(rs, new)
         swap += [("DELSET", 0, w.set_name_body(n, old)) for n in SET_FIELDS]
+        swap += netdev.table_msgs(self._flags(), list_devices(self.netns), rs, self._netdev_present(sock), new,
+                                 elements)
         try:
             sock.batch(swap)
         except BackendError:
@@ -101,21 +108,34 @@ class NftablesBackend(Backend):
 
     def clear(self) -> None:
         sock = self._socket()
+        msgs = netdev.delete_msgs() if self._netdev_present(sock) else []
         if sock.get("GETTABLE", w.table_body()) is not None:
-            sock.batch([("DELTABLE", 0, w.table_body())])
+            msgs.append(("DELTABLE", 0, w.table_body()))
+        if msgs:
+            sock.batch(msgs)
         self._plan = None
 
     def read_back(self) -> ReadBack:
         sock = self._socket()
         state = readback.table_state(sock)
         if not state.present:
-            return ReadBack(False, None, {"table": None})
+            present = self._netdev_present(sock)
+            return ReadBack(present, None, {"table": None, "problems": ["table inet cordon is missing"]
+                                            if present else [], "tamper": self._tamper(None),
+                                            "limits": []})
         gen = state.gen
         elements = {name: readback.set_elements(sock, name, gen) for name in SET_FIELDS
                     if set_name(name, gen) in state.sets}
         seen = readback.dumped_rules(sock, gen)
         dhcp = readback.has_dhcp(seen)
         problems = list(state.shape_problems) + readback.rule_problems(seen, chain_rules(dhcp))
+        if state.flags & 1:
+            problems.append(f"table inet {TABLE} is dormant (unhooked)")
+        if state.flags & w.TABLE_F_PERSIST != self._flags() & w.TABLE_F_PERSIST:
+            problems.append(f"table inet {TABLE} flags {w.flag_names(state.flags)} differ from "
+                            f"{w.flag_names(self._flags())}")
+        below, below_problems = netdev.read_back(sock, self._flags(), list_devices(self.netns), dhcp, gen)
+        problems += below_problems
         rules = {c: len(r) for c, r in seen.items()}
         details = {
             "table": f"inet {TABLE}",
@@ -127,6 +147,9 @@ class NftablesBackend(Backend):
             "rules": rules,
             "set_generation": gen,
             "problems": problems,
+            "netdev": below,
+            "tamper": self._tamper(state.flags),
+            "limits": [],
         }
         if problems:
             return ReadBack(True, None, details)
@@ -140,10 +163,10 @@ class NftablesBackend(Backend):
 
     def close(self) -> None:
         # Closing the socket gives up ownership; the persist flag keeps the table.
-        for s in (self._sock, self._events):
+        for s in (self._sock, self._events, self._links):
             if s is not None:
                 s.close()
-        self._sock = self._events = None
+        self._sock = self._events = self._links = None
 
     # --- extras for the daemon ----------------------------------------------------------
 
@@ -152,9 +175,16 @@ class NftablesBackend(Backend):
         other process (nft flush ruleset, delete table, ...). True if one happened."""
         if self._events is None:
             self._events = NftSocket(self.netns, groups=w.NFNLGRP_NFTABLES)
+        if self._links is None:  # a device added while isolated needs its netdev chains
+            self._links = LinkWatcher(self.netns)
         own = self._sock.portid if self._sock else None
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([self._events.sock, self._links], [], [], left)
+            if self._links in ready and self._links.wait(0):
+                return True
+            if not ready:
+                return False
             try:
                 pids = [pid for _, _, _, pid, _ in self._events.messages(left)]
             except BackendError:  # timed out
@@ -164,6 +194,15 @@ class NftablesBackend(Backend):
             if any(pid != own for pid in pids):
                 return True
         return False
+
+    def _tamper(self, flags: int | None) -> str:
+        """`blocked` when the probe found owner|persist and the table in force (if any)
+        reads back with them; else `detect-and-repair` (read_back + wait_for_change)."""
+        ok = self._flags() & w.TABLE_F_PERSIST and (flags is None or flags & WANTED_FLAGS == WANTED_FLAGS)
+        return "blocked" if ok else "detect-and-repair"
+
+    def _netdev_present(self, sock) -> bool:
+        return sock.get("GETTABLE", w.table_body(), netdev.NFPROTO_NETDEV) is not None
 
     @property
     def portid(self) -> int:
@@ -180,14 +219,17 @@ class NftablesBackend(Backend):
                 raise BackendError(f"cannot open a netfilter netlink socket: {exc}") from exc
         return self._sock
 
-    def _create_batch(self, rs, state, flags: int) -> list:
+    def _create_batch(self, rs, state, flags: int, sock: NftSocket | None = None) -> list:
         msgs = []
         if state.present:  # not the shape Cordon installs: replace it
             msgs.append(("DELTABLE", 0, w.table_body()))
         msgs.append(("NEWTABLE", w.NLM_F_CREATE, w.table_body(flags)))
         msgs += [("NEWCHAIN", w.NLM_F_CREATE, w.chain_body(c)) for c in ("input", "output", "forward")]
         msgs += [("NEWSET", w.NLM_F_CREATE, w.set_body(n, "a")) for n in SET_FIELDS]
-        return msgs + self._element_msgs(rs, "a") + self._rule_msgs(rs, "a")
+        elements = self._element_msgs(rs, "a")
+        msgs += elements + self._rule_msgs(rs, "a")
+        return msgs + netdev.table_msgs(flags, list_devices(self.netns), rs,
+                                       sock is not None and self._netdev_present(sock), "a", elements)
 
     @staticmethod
     def _element_msgs(rs, gen: str) -> list:

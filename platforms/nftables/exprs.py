@@ -7,7 +7,7 @@ Attribute numbers are from include/uapi/linux/netfilter/nf_tables.h.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, make_dataclass
 from typing import ClassVar
 
 from platforms.nftables import wire as w
@@ -73,83 +73,35 @@ class Expr:
         return cls(**values)
 
 
-@dataclass(frozen=True)
-class Meta(Expr):
-    NAME = "meta"
-    ATTRS = ((1, "dreg", "u32"), (2, "key", "u32"))
-    dreg: int
-    key: int
+_PYTYPE = {"u32": int, "u8": int, "str": str, "data": bytes, "verdict": int}
 
 
-@dataclass(frozen=True)
-class Cmp(Expr):
-    NAME = "cmp"
-    ATTRS = ((1, "sreg", "u32"), (2, "op", "u32"), (3, "data", "data"))
-    sreg: int
-    op: int
-    data: bytes
+def _expression(name: str, **attrs: tuple[int, str]) -> type[Expr]:
+    """A frozen Expr dataclass with one typed field per attribute, `field=(attribute
+    number, kind)`, in this order; a kind ending in "?" is optional (default None)."""
+    spec, fields_ = [], []
+    for fname, (num, kind) in attrs.items():
+        base = kind.rstrip("?")
+        spec.append((num, fname, base))
+        fields_.append((fname, _PYTYPE[base] | None, field(default=None)) if kind.endswith("?")
+                       else (fname, _PYTYPE[base]))
+    cls = make_dataclass(name.capitalize(), fields_, bases=(Expr,), frozen=True,
+                         namespace={"NAME": name, "ATTRS": tuple(spec)})
+    cls.__module__ = __name__
+    return cls
 
 
-@dataclass(frozen=True)
-class Payload(Expr):
-    NAME = "payload"
-    ATTRS = ((1, "dreg", "u32"), (2, "base", "u32"), (3, "offset", "u32"), (4, "length", "u32"))
-    dreg: int
-    base: int
-    offset: int
-    length: int
-
-
-@dataclass(frozen=True)
-class Ct(Expr):
-    NAME = "ct"
-    ATTRS = ((1, "dreg", "u32"), (2, "key", "u32"), (3, "direction", "u8"))
-    dreg: int
-    key: int
-    direction: int | None = None
-
-
-@dataclass(frozen=True)
-class Byteorder(Expr):
-    NAME = "byteorder"
-    ATTRS = ((1, "sreg", "u32"), (2, "dreg", "u32"), (3, "op", "u32"), (4, "length", "u32"),
-             (5, "size", "u32"))
-    sreg: int
-    dreg: int
-    op: int
-    length: int
-    size: int
-
-
-@dataclass(frozen=True)
-class Bitwise(Expr):
-    NAME = "bitwise"
-    ATTRS = ((1, "sreg", "u32"), (2, "dreg", "u32"), (3, "length", "u32"), (4, "mask", "data"),
-             (5, "xor", "data"), (6, "op", "u32"))
-    sreg: int
-    dreg: int
-    length: int
-    mask: bytes
-    xor: bytes
-    op: int
-
-
-@dataclass(frozen=True)
-class Lookup(Expr):
-    NAME = "lookup"
-    ATTRS = ((1, "set", "str"), (2, "sreg", "u32"), (5, "flags", "u32"))
-    set: str
-    sreg: int
-    flags: int
-
-
-@dataclass(frozen=True)
-class Immediate(Expr):
-    NAME = "immediate"
-    ATTRS = ((1, "dreg", "u32"), (2, "verdict", "verdict"))
-    dreg: int
-    verdict: int
-
+Meta = _expression("meta", dreg=(1, "u32"), key=(2, "u32"))
+Cmp = _expression("cmp", sreg=(1, "u32"), op=(2, "u32"), data=(3, "data"))
+Payload = _expression("payload", dreg=(1, "u32"), base=(2, "u32"), offset=(3, "u32"),
+                      length=(4, "u32"))
+Ct = _expression("ct", dreg=(1, "u32"), key=(2, "u32"), direction=(3, "u8?"))
+Byteorder = _expression("byteorder", sreg=(1, "u32"), dreg=(2, "u32"), op=(3, "u32"),
+                        length=(4, "u32"), size=(5, "u32"))
+Bitwise = _expression("bitwise", sreg=(1, "u32"), dreg=(2, "u32"), length=(3, "u32"),
+                      mask=(4, "data"), xor=(5, "data"), op=(6, "u32"))
+Lookup = _expression("lookup", set=(1, "str"), sreg=(2, "u32"), flags=(5, "u32"))
+Immediate = _expression("immediate", dreg=(1, "u32"), verdict=(2, "verdict"))
 
 TYPES = {t.NAME: t for t in (Meta, Cmp, Payload, Ct, Byteorder, Bitwise, Lookup, Immediate)}
 

@@ -36,13 +36,13 @@ class NetlinkFailure(BackendError):
         self.msg_type = msg_type
 
 
-def open_socket(netns: str | None) -> socket.socket:
+def open_socket(netns: str | None, proto: int = NETLINK_NETFILTER) -> socket.socket:
     if netns is None:
-        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-    return _socket_in_namespace(netns)
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, proto)
+    return _socket_in_namespace(netns, proto)
 
 
-def _socket_in_namespace(netns: str) -> socket.socket:
+def _socket_in_namespace(netns: str, proto: int) -> socket.socket:
     """setns(CLONE_NEWNET) moves only the calling thread, so a thread of our own enters
     the namespace, makes the socket (which keeps that namespace) and ends. Nothing forks;
     the caller's thread never leaves its namespace. A missing namespace is an OSError,
@@ -56,7 +56,7 @@ def _socket_in_namespace(netns: str) -> socket.socket:
             if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
                 err = ctypes.get_errno()
                 raise OSError(err, f"setns into {netns}: {os.strerror(err)}")
-            made.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER))
+            made.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, proto))
         except OSError as exc:
             made.append(exc)
 
@@ -114,15 +114,17 @@ class NftSocket:
 
     # --- one transaction -------------------------------------------------------------
 
-    def batch(self, msgs: list[tuple[str, int, bytes]]) -> None:
-        """Send [(message name, extra flags, body)] between BATCH_BEGIN and BATCH_END in one
-        datagram; the kernel commits all of it or none. Raise on any error ack."""
+    def batch(self, msgs: list[tuple]) -> None:
+        """Send [(message name, extra flags, body[, family])] between BATCH_BEGIN and
+        BATCH_END in one datagram; the kernel commits all of it or none (whatever the
+        tables' families: inet and netdev go in one batch). Raise on any error ack."""
         begin = self._next_seq()
         parts, pending = [w.batch_marker(w.NFNL_MSG_BATCH_BEGIN, begin)], {}
-        for name, flags, body in msgs:
+        for name, flags, body, *family in msgs:
             seq = self._next_seq()
             pending[seq] = name
-            parts.append(w.message(w.MSG[name], w.NLM_F_REQUEST | w.NLM_F_ACK | flags, seq, body))
+            parts.append(w.message(w.MSG[name], w.NLM_F_REQUEST | w.NLM_F_ACK | flags, seq, body,
+                                   *family))
         parts.append(w.batch_marker(w.NFNL_MSG_BATCH_END, self._next_seq()))
         data = b"".join(parts)
         self._force_buf(SO_SNDBUFFORCE, len(data) + (64 << 10))
@@ -146,10 +148,10 @@ class NftSocket:
 
     # --- reads -----------------------------------------------------------------------
 
-    def dump(self, name: str, body: bytes = b"") -> list[bytes]:
+    def dump(self, name: str, body: bytes = b"", family: int = w.NFPROTO_INET) -> list[bytes]:
         """All objects of one kind (NLM_F_DUMP); returns their attribute payloads."""
         seq = self._next_seq()
-        self.sock.sendto(w.message(w.MSG[name], w.NLM_F_REQUEST | w.NLM_F_DUMP, seq, body), (0, 0))
+        self.sock.sendto(w.message(w.MSG[name], w.NLM_F_REQUEST | w.NLM_F_DUMP, seq, body, family), (0, 0))
         out = []
         while True:
             for kind, _, mseq, _, payload in self.messages():
@@ -164,10 +166,10 @@ class NftSocket:
                     raise NetlinkFailure(f"nftables dump {name}: {os.strerror(code)}", code)
                 out.append(payload[4:])  # skip struct nfgenmsg
 
-    def get(self, name: str, body: bytes) -> bytes | None:
+    def get(self, name: str, body: bytes, family: int = w.NFPROTO_INET) -> bytes | None:
         """One object, or None when it does not exist."""
         seq = self._next_seq()
-        self.sock.sendto(w.message(w.MSG[name], w.NLM_F_REQUEST | w.NLM_F_ACK, seq, body), (0, 0))
+        self.sock.sendto(w.message(w.MSG[name], w.NLM_F_REQUEST | w.NLM_F_ACK, seq, body, family), (0, 0))
         found = None
         while True:
             for kind, _, mseq, _, payload in self.messages():

@@ -14,14 +14,13 @@ from typing import ClassVar, Literal
 from platforms.nftables import wire as w
 from platforms.nftables.exprs import (Bitwise, Byteorder, Cmp, Ct, Expr, Immediate, Lookup, Meta,
                                       Payload, Undecodable, decode_list, encode_list)
-from platforms.nftables.shape import set_name
+from platforms.nftables.shape import PROTO_NAME, set_name
 
 REG_VERDICT, REG_1, REG32_00 = 0, 1, 8
 META_KEY = {"iif": 4, "oif": 5, "nfproto": 15, "l4proto": 16}
 CT_STATE, CT_DIRECTION = 0, 1
 CT_RELATED = 4
 NFT_CMP_EQ, NFT_CMP_NEQ = 0, 1
-PROTO_NAME = {1: "icmp", 6: "tcp", 17: "udp"}
 FAMILY_NAME = {2: "ipv4", 10: "ipv6"}
 TAG_PREFIX = "cordon/"
 UDATA_RULE_COMMENT = 0  # libnftnl NFTNL_UDATA_RULE_COMMENT: type, length, NUL-ended text

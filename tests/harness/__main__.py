@@ -25,6 +25,7 @@ def main(argv=None) -> int:
     d = sub.add_parser("demo", help="lab + real agent: normal -> isolated -> policy update -> strict -> released")
     d.add_argument("--json", metavar="FILE", help="also write all tables as JSON")
     d.add_argument("--junit", metavar="FILE", help="also write JUnit XML")
+    d.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report (grids, timeline, versions)")
     d.add_argument("--sensor-type", default="endpoint_sensor", choices=["endpoint_sensor", "security_agent"])
     d.add_argument("--keep", action="store_true", help="on a mismatch, keep the lab up until Enter (to replay)")
     s = sub.add_parser("sweep", help="remove cdn- namespaces and processes left by crashed runs")
@@ -46,7 +47,8 @@ def main(argv=None) -> int:
     if args.cmd == "probe":
         return _probe(args)
     from .demo import demo
-    return demo(json_path=args.json, junit_path=args.junit, sensor_type=args.sensor_type, keep=args.keep)
+    return demo(json_path=args.json, junit_path=args.junit, sensor_type=args.sensor_type, keep=args.keep,
+                html_path=args.html)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ import time
 
 from .console_story import TOPOLOGY, ConsoleStory
 from .lab import Lab
+from .report import report_document, step_record
+from .report_html import render
 from .table import dump_json, junit_xml
 
 POLICY_V1 = {
@@ -28,9 +30,10 @@ def _progress(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def demo(json_path=None, junit_path=None, sensor_type: str = "endpoint_sensor", keep: bool = False) -> int:
+def demo(json_path=None, junit_path=None, sensor_type: str = "endpoint_sensor", keep: bool = False,
+         html_path=None) -> int:
     t0 = time.monotonic()
-    steps, plan = [], []
+    steps, plan, records = [], [], []
     with Lab(topology=TOPOLOGY, log=_progress) as lab:
         cs = ConsoleStory(lab, [POLICY_V1, POLICY_V2], say=lambda m: print(m, end="", flush=True))
         try:
@@ -43,8 +46,17 @@ def demo(json_path=None, junit_path=None, sensor_type: str = "endpoint_sensor", 
                 _progress(f"step: {name} ...")
                 step = run()
                 steps.append(step)
+                if html_path:
+                    records.append(step_record(step, lab, cs.ep1.status() if cs.ep1.alive else None,
+                                               story.model, cs.ep1.config))
                 print(step.render(lab) + "\n", flush=True)
                 _progress(f"step: {name}: {'ok' if step.ok else 'MISMATCH'} ({step.seconds:.1f}s)")
+            if html_path:
+                with open(html_path, "w") as f:
+                    f.write(render(report_document(
+                        records, generated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        config=cs.ep1.config, lab=lab.runid)))
+                _progress(f"report: {html_path}")
             if keep and not all(s.ok for s in steps):
                 input(f"lab {lab.runid} kept up for the replay commands; Enter tears it down ")
         finally:

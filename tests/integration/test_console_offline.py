@@ -64,3 +64,27 @@ def test_broker_away_local_control_answers_and_queued_commands_apply_unless_expi
     assert (st["state"], st["mode"], st["reason"]) == ("isolated", "standard", "queued")
     assert (st["policy"]["stored_version"], st["policy"]["enforced_version"]) == (1, 1)
     assert st["backend"]["enforcing"] is True
+
+
+def test_an_acked_command_is_on_disk_and_survives_kill_9(lab, console, agents, wire):
+    """Durable before acked: once the result event (sent after the ack) is seen, kill -9
+    the agent; the state file on disk already holds the change and the broker holds no
+    unacked message, so the restarted agent enforces it without a redelivery."""
+    import json as _json
+    import os
+    import signal
+    (ep1,) = agents(("ep1", "endpoint", "endpoint_sensor"))
+    cmd = fmt.new_command("ep1", "isolate", {"strict": True, "reason": "durable"}, timedelta(hours=1))
+    seq = wire.publish("cordon.v1.cmd.ep1", fmt.sign(cmd, fmt.load_private_key(console.key)))
+    assert wire.event(id=cmd["id"])["outcome"] == "applied"
+    ep1.kill(signal.SIGKILL)
+    with open(os.path.join(ep1.config["state_dir"], "state.json")) as f:
+        on_disk = _json.load(f)
+    assert (on_disk["state"], on_disk["mode"], on_disk["reason"]) == ("isolated", "strict", "durable")
+    c = wire.consumer("cordon-ep1")
+    assert c["ack_floor"] >= seq and c["num_ack_pending"] == 0, c
+    ep1.start()
+    console.wait_subscribed(ep1, count=2)
+    st = ep1.status()
+    assert (st["state"], st["mode"], st["backend"]["enforcing"]) == ("isolated", "strict", True)
+    assert len(ep1.audit_events("console_command_applied")) == 1   # not applied a second time

@@ -157,15 +157,16 @@ def test_stale_policy_changes_nothing(host, tmp_path):
     assert host.allowed_exceptions() == atoms_for(RMM)
 
 
-def test_state_is_durable_before_apply(tmp_path):
-    """A backend failure after acceptance leaves the intent on disk, for the next start."""
+def test_a_refused_isolate_is_not_stored(tmp_path):
+    """The firewall refuses: nothing is stored, so a restart does not enforce it either
+    (issue 14: a change is accepted only if it can be applied)."""
     h = Host(tmp_path)
     h.backend.fail_next = True
     with pytest.raises(ApplyFailed):
         h.engine.isolate("standard", None, {})
-    assert json.loads((tmp_path / "state.json").read_text())["state"] == "isolated"
+    assert not (tmp_path / "state.json").exists()
     h2 = Host(tmp_path, backend=MemoryBackend())
-    assert h2.backend.installed is not None and h2.status()["backend"]["enforcing"]
+    assert h2.backend.installed is None and h2.status()["state"] == "normal"
 
 
 # -- restart from each persisted state -----------------------------------------------
@@ -245,4 +246,6 @@ def test_a_firewall_that_installs_less_than_the_plan_fails_the_apply(host):
     host.backend.lossy = True
     with pytest.raises(ApplyFailed):
         host.engine.isolate("standard", None, {})
-    assert host.status()["backend"]["enforcing"] is False
+    # issue 14: the refused change is not stored and the previous rules (none) are put back
+    st = host.status()
+    assert st["state"] == "normal" and host.backend.installed is None and st["backend"]["enforcing"] is True

@@ -76,8 +76,12 @@ def test_any_protocol_covers_icmp_to_the_same_peer():
 def test_rendered_text_has_no_blanket_or_source_port_accepts():
     plan = Plan("standard", (Flow("out", "tcp", "198.51.100.10/32", (PortRange(443, 443),)),),
                 dhcp=False)
-    text = NftablesBackend().render(plan)
+    full = NftablesBackend().render(plan)
+    # The netdev layer below passes header-matched candidates to the inet table (it has
+    # no conntrack at ingress); the inet table alone decides, so it is what is checked.
+    text, below = full.split("table netdev cordon\n", 1)
     assert text.count("policy drop;") == 3
+    assert below.count("policy drop;") == 2 * below.count("hook egress device")
     assert "established" not in text and "sport" not in text
     assert "198.51.100.10 . 6 . 443" in text
     with_dhcp = render_text(build(Plan("standard", (), dhcp=True)))

@@ -77,7 +77,7 @@ def test_missing_version_is_stored_plus_one():
 
 
 @pytest.mark.parametrize("name, ok", [("x", True), ("a" * 64, True), ("a" * 65, False), ("", False),
-                                      ("tab\there", False), ("line\nbreak", False), ("caf\u00e9", False), (7, False)])
+                                      ("tab\there", False), ("line\nbreak", False), ("caf\u00e9", True), ("rl\u202eo", False), (7, False)])
 def test_names(name, ok):
     doc = {"version": 1, "outbound": [entry(name=name)]}
     if ok:

@@ -1,0 +1,253 @@
+"""The layer below inet: table `netdev cordon`, one ingress and one egress chain per
+non-loopback device (DESIGN §6). It sees what the inet table never does: raw AF_PACKET
+frames, macvlan/ipvlan children of a NIC, bridged frames (whatever the bridge sysctls
+say), frames on devices added while isolated.
+
+The netdev family has no conntrack (the kernel refuses `ct` there with EPROTO). So the
+layer lets through only what *could* be an allowed flow, judged by the packet's own
+header against copies of the inet sets, and leaves the stateful decision to the inet
+table; a frame that bypasses the inet table (raw socket, macvlan, bridge) reaches at
+most an allowed peer on an allowed port:
+  egress:  IPv4 to an allowed peer (destination port in out_*, source port in in_*);
+           ARP; DHCP client->server broadcasts.
+  ingress: IPv4 from an allowed peer (source port in out_*, destination port in in_*);
+           ICMP errors (the inet layer passes only those related to allowed flows);
+           ARP; DHCP server->client replies.
+Everything else (IPv6, raw frames, other ethertypes) is dropped; the inet table drops
+all IPv6 but loopback anyway, so no neighbour discovery is needed.
+
+The table has the inet table's flags (owner|persist) and is written in the same batch.
+"""
+from __future__ import annotations
+
+import struct
+
+from platforms.nftables import wire as w
+from platforms.nftables.exprs import (Cmp, Immediate, Lookup, Meta, Payload,
+                                      Undecodable, decode_list, encode_list)
+from platforms.nftables.shape import SET_FIELDS, TABLE, set_name
+from platforms.nftables.vocabulary import userdata, tag_of
+
+NFPROTO_NETDEV = 5
+HOOK_INGRESS, HOOK_EGRESS = 0, 1
+NFTA_HOOK_DEV = 3
+META_PROTOCOL, META_L4PROTO = 1, 16
+CT_STATE, CT_DIRECTION = 0, 1
+BASE_NETWORK, BASE_TRANSPORT = 1, 2
+REG_1, REG32_00 = 1, 8
+ETH_IP, ETH_ARP = b"\x08\x00", b"\x08\x06"
+# ARP for Ethernet/IPv4: htype 1, ptype 0x0800, hlen 6, plen 4, then the operation.
+ARP_SHAPE = {"request": b"\x00\x01\x08\x00\x06\x04\x00\x01", "reply": b"\x00\x01\x08\x00\x06\x04\x00\x02"}
+BOOTP_COOKIE = b"\x63\x82\x53\x63"  # DHCP magic cookie, at UDP payload offset 236
+DHCP_MIN_UDP, DHCP_MAX_UDP = 8 + 240, 1480  # header + BOOTP fixed part + cookie .. one MTU
+ICMP_ERRORS = {3: "destination-unreachable", 11: "time-exceeded", 12: "parameter-problem"}
+
+
+def _eq(reg: int, data: bytes):
+    return Cmp(reg, 0, data)
+
+
+def _ipv4():
+    return [Meta(REG_1, META_PROTOCOL), _eq(REG_1, ETH_IP)]
+
+
+def _lookup(addr_off: int, port_off: int | None, base: str, gen: str):
+    out = [Payload(REG_1, BASE_NETWORK, addr_off, 4), Meta(REG32_00 + 1, META_L4PROTO)]
+    if port_off is not None:
+        out.append(Payload(REG32_00 + 2, BASE_TRANSPORT, port_off, 2))
+    return out + [Lookup(set_name(base, gen), REG_1, 0)]
+
+
+def _udp(sport: int, dport: int):
+    return [Meta(REG_1, META_L4PROTO), _eq(REG_1, b"\x11"), Payload(REG_1, BASE_TRANSPORT, 0, 4),
+            _eq(REG_1, struct.pack(">HH", sport, dport))]
+
+
+def _dhcp_shape(op: int):
+    """Sized like DHCP (UDP length), BOOTP op 1 request / 2 reply, the magic cookie."""
+    return [Payload(REG_1, BASE_TRANSPORT, 4, 2),
+            Cmp(REG_1, 5, struct.pack(">H", DHCP_MIN_UDP)),  # NFT_CMP_GTE
+            Cmp(REG_1, 3, struct.pack(">H", DHCP_MAX_UDP)),  # NFT_CMP_LTE
+            Payload(REG_1, BASE_TRANSPORT, 8, 1), _eq(REG_1, bytes([op])),
+            Payload(REG_1, BASE_TRANSPORT, 8 + 236, 4), _eq(REG_1, BOOTP_COOKIE)]
+
+
+def _arp(op: str):
+    return [Meta(REG_1, META_PROTOCOL), _eq(REG_1, ETH_ARP),
+            Payload(REG_1, BASE_NETWORK, 0, 8), _eq(REG_1, ARP_SHAPE[op])]
+
+
+_ACCEPT = Immediate(0, w.NF_ACCEPT)
+_SPORT, _DPORT, _SADDR, _DADDR = 0, 2, 12, 16
+
+
+def chain_rules(dhcp: bool, gen: str) -> dict[str, list[tuple[str, list, str]]]:
+    """{"ingress"|"egress": [(tag, expressions, nft text)]}, the same for every device."""
+    g = gen
+    egress = [
+        ("cordon/nd-out-original-l4", _ipv4() + _lookup(_DADDR, _DPORT, "out_l4", g),
+         f"meta protocol ip ip daddr . meta l4proto . th dport @out_l4_{g}"),
+        ("cordon/nd-out-reply-l4", _ipv4() + _lookup(_DADDR, _SPORT, "in_l4", g),
+         f"meta protocol ip ip daddr . meta l4proto . th sport @in_l4_{g}"),
+        ("cordon/nd-out-original-l3", _ipv4() + _lookup(_DADDR, None, "out_l3", g),
+         f"meta protocol ip ip daddr . meta l4proto @out_l3_{g}"),
+        ("cordon/nd-out-reply-l3", _ipv4() + _lookup(_DADDR, None, "in_l3", g),
+         f"meta protocol ip ip daddr . meta l4proto @in_l3_{g}"),
+    ]
+    ingress = [
+        ("cordon/nd-in-reply-l4", _ipv4() + _lookup(_SADDR, _SPORT, "out_l4", g),
+         f"meta protocol ip ip saddr . meta l4proto . th sport @out_l4_{g}"),
+        ("cordon/nd-in-original-l4", _ipv4() + _lookup(_SADDR, _DPORT, "in_l4", g),
+         f"meta protocol ip ip saddr . meta l4proto . th dport @in_l4_{g}"),
+        ("cordon/nd-in-reply-l3", _ipv4() + _lookup(_SADDR, None, "out_l3", g),
+         f"meta protocol ip ip saddr . meta l4proto @out_l3_{g}"),
+        ("cordon/nd-in-original-l3", _ipv4() + _lookup(_SADDR, None, "in_l3", g),
+         f"meta protocol ip ip saddr . meta l4proto @in_l3_{g}"),
+    ]
+    ingress += [(f"cordon/nd-in-icmp-{name}", _ipv4() + [
+        Meta(REG_1, META_L4PROTO), _eq(REG_1, b"\x01"), Payload(REG_1, BASE_TRANSPORT, 0, 1),
+        _eq(REG_1, bytes([t]))], f"meta protocol ip meta l4proto icmp icmp type {name}")
+        for t, name in ICMP_ERRORS.items()]
+    for chain in (egress, ingress):
+        chain += [(f"cordon/nd-arp-{op}", _arp(op),
+                   f"meta protocol arp @nh,0,64 0x{ARP_SHAPE[op].hex()}") for op in ARP_SHAPE]
+    if dhcp:
+        size = f"udp length {DHCP_MIN_UDP}-{DHCP_MAX_UDP}"
+        egress.append(("cordon/nd-dhcp-request", _ipv4() + [
+            Payload(REG_1, BASE_NETWORK, _DADDR, 4), _eq(REG_1, b"\xff" * 4)] + _udp(68, 67)
+            + _dhcp_shape(1), f"meta protocol ip ip daddr 255.255.255.255 udp sport 68 udp dport 67 "
+                              f"{size} @th,64,8 1 @th,1952,32 0x{BOOTP_COOKIE.hex()}"))
+        ingress.append(("cordon/nd-dhcp-reply", _ipv4() + _udp(67, 68) + _dhcp_shape(2),
+                        f"meta protocol ip udp sport 67 udp dport 68 {size} @th,64,8 2 "
+                        f"@th,1952,32 0x{BOOTP_COOKIE.hex()}"))
+    return {"ingress": [(t, e + [_ACCEPT], x + f' accept comment "{t}"') for t, e, x in ingress],
+            "egress": [(t, e + [_ACCEPT], x + f' accept comment "{t}"') for t, e, x in egress]}
+
+
+def chain_name(hook: str, device: str) -> str:
+    return f"{hook}_{device}"
+
+
+# --- messages ------------------------------------------------------------------------
+
+def _chain_body(hook: str, device: str) -> bytes:
+    h = w.nest(w.NFTA_CHAIN_HOOK, w.u32(w.NFTA_HOOK_HOOKNUM, HOOK_INGRESS if hook == "ingress" else HOOK_EGRESS),
+               w.u32(w.NFTA_HOOK_PRIORITY, 0), w.s(NFTA_HOOK_DEV, device))
+    return (w.s(w.NFTA_CHAIN_TABLE, TABLE) + w.s(w.NFTA_CHAIN_NAME, chain_name(hook, device)) + h
+            + w.u32(w.NFTA_CHAIN_POLICY, w.NF_DROP) + w.s(w.NFTA_CHAIN_TYPE, "filter"))
+
+
+def _rule_body(chain: str, tag: str, exprs) -> bytes:
+    return (w.s(w.NFTA_RULE_TABLE, TABLE) + w.s(w.NFTA_RULE_CHAIN, chain)
+            + w.nest(w.NFTA_RULE_EXPRESSIONS, encode_list(exprs)) + w.attr(w.NFTA_RULE_USERDATA, userdata(tag)))
+
+
+def device_msgs(device: str, dhcp: bool, gen: str) -> list[tuple]:
+    """The two chains of one device with their rules (for a new device, or a rebuild)."""
+    out = []
+    for hook, rules in chain_rules(dhcp, gen).items():
+        out.append(("NEWCHAIN", w.NLM_F_CREATE, _chain_body(hook, device), NFPROTO_NETDEV))
+        out += [("NEWRULE", w.NLM_F_CREATE | w.NLM_F_APPEND, _rule_body(chain_name(hook, device), t, e),
+                 NFPROTO_NETDEV) for t, e, _ in rules]
+    return out
+
+
+def table_msgs(flags: int, devices, rs, present: bool, gen: str = "a", element_msgs=None) -> list[tuple]:
+    """Replace table netdev cordon as a whole: flags, sets (copies of the inet sets),
+    and the chains of every device. Goes into the batch that writes the inet table.
+    `element_msgs`: the inet table's NEWSETELEM messages of generation `gen`, whose
+    bodies are the same here (same table and set names), so they are encoded once."""
+    out = [("DELTABLE", 0, w.table_body(), NFPROTO_NETDEV)] if present else []
+    out.append(("NEWTABLE", w.NLM_F_CREATE, w.table_body(flags), NFPROTO_NETDEV))
+    out += [("NEWSET", w.NLM_F_CREATE, w.set_body(n, gen), NFPROTO_NETDEV) for n in SET_FIELDS]
+    if element_msgs is None:
+        element_msgs = [("NEWSETELEM", w.NLM_F_CREATE, body) for name, items in rs.elements.items()
+                        for body in w.setelem_bodies(name, items, gen)]
+    out += [(kind, fl, body, NFPROTO_NETDEV) for kind, fl, body in element_msgs]
+    for dev in devices:
+        out += device_msgs(dev, rs.dhcp, gen)
+    return out
+
+
+def delete_msgs() -> list[tuple]:
+    return [("DELTABLE", 0, w.table_body(), NFPROTO_NETDEV)]
+
+
+# --- text ----------------------------------------------------------------------------
+
+def render_text(rs, devices, gen: str = "a") -> str:
+    from platforms.nftables.render import _element_text  # the inet table's element syntax
+    lines = [f"table netdev {TABLE}", f"delete table netdev {TABLE}", f"table netdev {TABLE} {{"]
+    for name, fields in SET_FIELDS.items():
+        lines += [f"\tset {set_name(name, gen)} {{", f"\t\ttype {' . '.join(fields)}", "\t\tflags interval"]
+        items = rs.elements.get(name, ())
+        if items:
+            lines.append("\t\telements = { " + ",\n\t\t\t".join(_element_text(el) for el in items) + " }")
+        lines.append("\t}")
+    for dev in devices:
+        for hook, rules in chain_rules(rs.dhcp, gen).items():
+            lines += [f"\tchain {chain_name(hook, dev)} {{",
+                      f'\t\ttype filter hook {hook} device "{dev}" priority filter; policy drop;']
+            lines += [f"\t\t{text}" for _, _, text in rules]
+            lines.append("\t}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+# --- read-back -----------------------------------------------------------------------
+
+def read_back(sock, flags_wanted: int, devices, dhcp: bool, gen: str) -> tuple[dict, list[str]]:
+    """What table netdev cordon holds against what it must hold: flags (a dormant table
+    is unhooked), one ingress and one egress chain per device with hook, priority,
+    policy and device, and every rule by tag and value."""
+    raw = sock.get("GETTABLE", w.table_body(), NFPROTO_NETDEV)
+    if raw is None:
+        return {"table": None}, [f"table netdev {TABLE} is missing"]
+    flags, owner = w.table_flags_owner(raw)
+    problems = []
+    if flags & 1:
+        problems.append(f"table netdev {TABLE} is dormant (unhooked)")
+    if flags & w.TABLE_F_PERSIST != flags_wanted & w.TABLE_F_PERSIST:
+        problems.append(f"table netdev {TABLE} flags {w.flag_names(flags)} differ from "
+                        f"{w.flag_names(flags_wanted)}")
+    chains = {}
+    for payload in sock.dump("GETCHAIN", w.s(w.NFTA_CHAIN_TABLE, TABLE), NFPROTO_NETDEV):
+        a = w.attr_map(payload)
+        if w.cstr(a.get(w.NFTA_CHAIN_TABLE, b"")) != TABLE:
+            continue
+        hook = w.attr_map(a.get(w.NFTA_CHAIN_HOOK, b""))
+        chains[w.cstr(a[w.NFTA_CHAIN_NAME])] = (
+            w.be32(hook[w.NFTA_HOOK_HOOKNUM]) if w.NFTA_HOOK_HOOKNUM in hook else None,
+            struct.unpack(">i", hook[w.NFTA_HOOK_PRIORITY])[0] if w.NFTA_HOOK_PRIORITY in hook else None,
+            w.be32(a[w.NFTA_CHAIN_POLICY]) if w.NFTA_CHAIN_POLICY in a else None,
+            w.cstr(hook[NFTA_HOOK_DEV]) if NFTA_HOOK_DEV in hook else None)
+    want_rules = chain_rules(dhcp, gen)
+    expected = {chain_name(h, d): (HOOK_INGRESS if h == "ingress" else HOOK_EGRESS, 0, w.NF_DROP, d)
+                for d in devices for h in want_rules}
+    for name in sorted(set(expected) | set(chains)):
+        if name not in chains:
+            problems.append(f"netdev chain {name} is missing")
+        elif name not in expected:
+            if chains[name][3] is not None:  # a chain whose device went away holds no hook
+                problems.append(f"netdev chain {name} is extra")
+        elif chains[name] != expected[name]:
+            problems.append(f"netdev chain {name}: hook/priority/policy/device {chains[name]} "
+                            f"differ from {expected[name]}")
+    seen: dict[str, list] = {}
+    for payload in sock.dump("GETRULE", w.s(w.NFTA_RULE_TABLE, TABLE), NFPROTO_NETDEV):
+        a = w.attr_map(payload)
+        try:
+            exprs = decode_list(a.get(w.NFTA_RULE_EXPRESSIONS, b""))
+        except Undecodable:
+            exprs = None
+        seen.setdefault(w.cstr(a[w.NFTA_RULE_CHAIN]), []).append(
+            (tag_of(a.get(w.NFTA_RULE_USERDATA)), exprs))
+    for name in expected:
+        hook = "ingress" if name.startswith("ingress_") else "egress"
+        want = [(t, e) for t, e, _ in want_rules[hook]]
+        if seen.get(name, []) != want:
+            got = [t for t, _ in seen.get(name, [])]
+            problems.append(f"netdev chain {name}: rules {got} differ from what Cordon installs")
+    details = {"table": f"netdev {TABLE}", "table_flags": w.flag_names(flags), "owner_portid": owner,
+               "devices": sorted({v[3] for v in chains.values() if v[3]})}
+    return details, problems

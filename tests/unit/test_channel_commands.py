@@ -1,0 +1,70 @@
+"""Channel commands against the real engine on the in-memory backend: applied commands
+change state, rejected ones change nothing; the local release gate needs a valid token."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.channel import wire
+from agent.channel.commands import Commands, local_release
+from agent.channel.replay import ReplayGuard
+from agent.config import parse_config
+from agent.engine import Engine
+from agent.errors import InvalidInput, NotPermitted
+from agent.log import null_logger
+from agent.store import Store
+from tests.unit.memory_backend import MemoryBackend
+
+KEY = Ed25519PrivateKey.generate()
+
+
+@pytest.fixture
+def cmds(tmp_path):
+    cfg = parse_config({"state_dir": str(tmp_path), "vendor": {"endpoints": [
+        {"address": "198.51.100.10", "protocol": "tcp", "ports": "443,4222"}]}})
+    engine = Engine(cfg, Store(tmp_path), MemoryBackend(), null_logger())
+    engine.start()
+    return Commands(engine, KEY.public_key(), "ep1", ReplayGuard(tmp_path), null_logger())
+
+
+def _body(agent="ep1", action="isolate", args=None, valid=timedelta(hours=1)):
+    return wire.sign(wire.new_command(agent, action, args or {}, valid), KEY)
+
+
+def test_applied_then_replayed(cmds):
+    body = _body(args={"strict": True})
+    ev = cmds.handle("cordon.v1.cmd.ep1", body, 1)
+    assert ev["outcome"] == "applied" and cmds.engine.state.mode == "strict"
+    again = cmds.handle("cordon.v1.cmd.ep1", body, 2)
+    assert again["outcome"] == "rejected" and "already used" in again["reason"]
+
+
+def test_broadcast_on_the_own_subject_is_refused(cmds):
+    ev = cmds.handle("cordon.v1.cmd.ep1", _body(agent="all"), 1)
+    assert ev["outcome"] == "rejected" and cmds.engine.state.state == "normal"
+
+
+def test_token_not_accepted_over_the_channel(cmds):
+    token_body = wire.token_body(wire.make_token("ep1", timedelta(hours=1), KEY))
+    ev = cmds.handle("cordon.v1.cmd.ep1", token_body, 1)
+    assert ev["outcome"] == "rejected" and "args.token" in ev["reason"]
+
+
+def test_local_release_gate(cmds):
+    cmds.engine.isolate("standard", None, {})
+    with pytest.raises(NotPermitted, match="release token"):
+        local_release(cmds, None, {}, {})
+    with pytest.raises(InvalidInput):
+        local_release(cmds, None, {"token": "%%%"}, {})
+    with pytest.raises(NotPermitted, match="not a release token"):
+        body = _body(action="release")   # a signed channel release, not a token
+        import base64
+        local_release(cmds, None, {"token": base64.urlsafe_b64encode(body).decode()}, {})
+    token = wire.make_token("ep1", timedelta(hours=1), KEY)
+    assert local_release(cmds, None, {"token": token}, {"caller_uid": 0})["state"] == "normal"
+    cmds.engine.isolate("standard", None, {})
+    with pytest.raises(NotPermitted, match="already used"):
+        local_release(cmds, None, {"token": token}, {})
+    assert cmds.engine.state.state == "isolated"
