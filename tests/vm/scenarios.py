@@ -1,0 +1,227 @@
+"""The VM tier's scenarios: the harness's Story (same expected model, same probe set, same
+tables) on a booted Debian guest running the installed agent, plus what only a machine
+can show: boot, reboot, systemd stop/kill/watchdog, a package upgrade, purge.
+
+Every transition runs under two watches:
+- a ProbeLoop from the peers into the guest (a nonce that reaches the guest's responder, or
+  a round trip, on a flow that must stay blocked is a leak);
+- WireWatch: every IP/IPv6 packet the guest puts on its NIC, checked against the flows the
+  model allows - this also covers the part of a boot when nothing in the guest answers.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+
+from tests.harness.probe import ALLOWED, BLOCKED, ProbeLoop
+from tests.harness.scenarios import Step, Story, _spread
+
+from .lab import GUEST
+from .probe import guest_round_trips
+from .wire import WireWatch
+
+
+class VmStory(Story):
+    def __init__(self, lab, agent, installer, policies=(), timeout: float = 2.0) -> None:
+        super().__init__(lab, agent, policies=policies, timeout=timeout)
+        self.installer = installer
+        self.figures: dict[str, float] = {}
+        self._watch_no = 0
+
+    # --- watches ---------------------------------------------------------------------
+    def _loop(self, before, after) -> ProbeLoop:
+        """Peer-to-guest flows that must pass (or stay blocked) before and after; the guest's
+        own outbound flows are judged on the wire."""
+        both = lambda v: [p for p in self.probes if p.src != GUEST and not p.sport
+                          and before[p] == v and after[p] == v]
+        return ProbeLoop(self.lab, must_pass=_spread(both(ALLOWED)), must_block=_spread(both(BLOCKED)),
+                         interval=0.25, timeout=2.0)
+
+    def _watched(self, title: str, explanation: str, action, change=None) -> Step:
+        """Run `action()` (which returns a list of problems) under the loop and the wire
+        watch, then check the whole matrix against the model (changed by `change`)."""
+        t0 = time.monotonic()
+        future = copy.deepcopy(self.model)
+        if change:
+            change(future)
+        before, after = self.model.expected(self.lab, self.probes), future.expected(self.lab, self.probes)
+        wire_model = self.model if self.model.state == "isolated" and future.state == "isolated" else None
+        self._watch_no += 1
+        wire = WireWatch(self.lab, f"{self._watch_no}-{title.split()[0]}")
+        problems: list[str] = []
+        with wire, self._loop(before, after) as loop:
+            try:
+                problems += action() or []
+            except AssertionError as e:
+                problems.append(f"{type(e).__name__}: {e}")
+        self.model = future
+        if wire_model is not None:
+            leaks = wire.leaks(wire_model)
+            problems += [f"WIRE LEAK {line}" for line in leaks[:20]]
+            if len(leaks) > 20:
+                problems.append(f"... {len(leaks) - 20} more packets left the guest")
+        return self.check(title, explanation, loop.report, problems, started=t0)
+
+    def _step(self, title, explanation, cli, change) -> Step:
+        return self._watched(title, explanation, lambda: (cli(), [])[1], change)
+
+    # --- boot and install ------------------------------------------------------------------
+    def install(self) -> Step:
+        t0 = time.monotonic()
+        g = self.lab.guest
+        problems = []
+        self.installer.install(self.lab)
+        self.agent.write_config()
+        g.succeed("systemctl restart cordon.service", timeout=120)
+        g.wait_for_unit("cordon.service")
+        self.agent.wait_enforcing()
+        if g.execute("systemctl is-enabled cordon.service")[1].strip() != "enabled":
+            problems.append("cordon.service is not enabled after install")
+        self.figures["install"] = round(time.monotonic() - t0, 1)
+        return self.check(f"installed ({self.installer.kind})", "the agent runs as a service, state "
+                          "normal: every probe passes, both ways, IPv4 and IPv6", problems=problems,
+                          started=t0)
+
+    # --- tamper --------------------------------------------------------------------------
+    def tamper(self, kernel_mode: str = "detect-and-repair", wait: float = 1.5) -> Step:
+        """Root flushes the ruleset and deletes the table in the guest. detect-and-repair
+        (no `persist`, Debian 12's 6.1): restored within 1 s with a tamper_detected event;
+        blocked (`persist`): the delete is refused. Status must say which."""
+        g = self.lab.guest
+
+        def act():
+            problems = []
+            before = len(self.agent.audit_events("tamper_detected"))
+            rc, out, err = g.execute("nft flush ruleset; nft delete table inet cordon; echo deleted=$?; "
+                                     "sleep 0.05; nft list tables")
+            vanished = "cordon" not in out.split("deleted=")[-1]
+            deadline = time.monotonic() + 1.0 + wait
+            while "cordon" not in self.agent.nft_tables() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if "cordon" not in self.agent.nft_tables():
+                problems.append(f"no cordon table {1.0 + wait}s after tampering")
+            if kernel_mode == "blocked" and "deleted=0" in out:
+                problems.append("`nft delete table inet cordon` succeeded on a kernel with persist")
+            if vanished and len(self.agent.audit_events("tamper_detected")) <= before:
+                problems.append("the table vanished but no tamper_detected audit event followed")
+            status = json.dumps(self.agent.status())
+            if kernel_mode not in status:
+                problems.append(f"status --json does not say tamper mode {kernel_mode!r}")
+            return problems
+        return self._watched(f"tamper ({kernel_mode})", "root runs `nft flush ruleset` and `nft delete "
+                             "table inet cordon` in the guest: isolation holds", act)
+
+    # --- reboot ----------------------------------------------------------------------------
+    def reboot(self) -> Step:
+        """Reboot while isolated, watched from outside and on the wire for the whole boot;
+        the agent must be enforcing before network-pre.target; the vendor must be reachable
+        from the guest once the agent is up (time after power-on)."""
+        g = self.lab.guest
+
+        def act():
+            problems = []
+            shell = g.reboot()
+            self.figures["reboot: shell after reset"] = round(shell, 1)
+            g.wait_for_unit("cordon.service", timeout=180)
+            self.agent.wait_enforcing()
+            self.figures["reboot: enforcing after reset"] = round(time.monotonic() - g.started_at, 1)
+            problems += self.boot_order_problems()
+            vendor = {"addr": self.lab.addr("vendor", 4), "proto": "tcp", "port": 443, "family": 4,
+                      "nonce": "", "sport": None}
+            deadline = time.monotonic() + 120
+            while True:
+                vendor["nonce"] = f"vendor{time.monotonic_ns()}"
+                if guest_round_trips(self.lab, [vendor], 2.0) == [None]:
+                    self.figures["reboot: vendor reachable after reset"] = round(time.monotonic() - g.started_at, 1)
+                    break
+                if time.monotonic() > deadline:
+                    problems.append("the vendor was not reachable from the guest 120 s after the reboot")
+                    break
+            self.lab.wait_multi_user()
+            self.lab._wait_guest_responder()
+            return problems
+        return self._watched("reboot", "`systemctl reboot` while isolated: no packet leaks during the "
+                             "boot; enforcing before network-pre.target; vendor reachable again", act)
+
+    def boot_order_problems(self) -> list[str]:
+        out = self.lab.guest.succeed(
+            "for u in cordon.service network-pre.target systemd-networkd.service; do "
+            "echo $u $(systemctl show -p ActiveEnterTimestampMonotonic --value $u); done")
+        t = {line.split()[0]: int(line.split()[1] or 0) for line in out.splitlines() if line.strip()}
+        problems = []
+        if not (0 < t["cordon.service"] <= t["network-pre.target"]):
+            problems.append(f"cordon.service ready at {t['cordon.service']} us, network-pre.target at "
+                            f"{t['network-pre.target']} us: not before")
+        if not (t["cordon.service"] <= t["systemd-networkd.service"]):
+            problems.append("systemd-networkd was up before cordon.service was ready")
+        return problems
+
+    # --- the service under abuse ------------------------------------------------------------
+    def service_stop(self) -> Step:
+        g = self.lab.guest
+
+        def act():
+            g.succeed("systemctl stop cordon.service")
+            problems = [] if "cordon" in self.agent.nft_tables() else ["`systemctl stop` removed the table"]
+            results = self.lab.probe_all(self.probes, timeout=self.timeout)
+            exp = self.model.expected(self.lab, self.probes)
+            problems += [f"while stopped: {r.probe.label()} expected {exp[r.probe]}, observed {r.verdict}"
+                         for r in results if exp[r.probe] != r.verdict]
+            g.succeed("systemctl start cordon.service", timeout=120)
+            self.agent.wait_enforcing()
+            return problems
+        return self._watched("systemctl stop", "the service stopped: isolation stays in force "
+                             "(matrix probed while it is down); started again, it adopts the table", act)
+
+    def _restarted(self, how: str, signal_cmd: str, timeout: float) -> list[str]:
+        g = self.lab.guest
+        pid, n = self.agent.pid, self.agent.restarts()
+        g.succeed(signal_cmd.format(pid=pid))
+        deadline = time.monotonic() + timeout
+        while True:
+            rc, out, _ = g.execute("systemctl show -p MainPID,NRestarts,ActiveState --value cordon.service")
+            fields = out.split()
+            if len(fields) == 3 and fields[0] not in ("0", str(pid)) and int(fields[1]) > n \
+                    and fields[2] == "active":
+                break
+            if time.monotonic() > deadline:
+                return [f"after {how} systemd did not restart the agent within {timeout}s ({out.split()})"]
+            time.sleep(0.5)
+        self.agent.wait_enforcing()
+        return [] if "cordon" in self.agent.nft_tables() else [f"no cordon table after {how}"]
+
+    def kill9(self) -> Step:
+        return self._watched("kill -9", "SIGKILL the agent: isolation holds; systemd restarts it "
+                             "(Restart=always) and it adopts the table",
+                             lambda: self._restarted("kill -9", "kill -9 {pid}", 60))
+
+    def watchdog(self) -> Step:
+        def act():
+            problems = self._restarted("a watchdog timeout", "kill -STOP {pid}", 90)
+            journal = self.lab.guest.execute("journalctl -b -u cordon.service --no-pager | "
+                                             "grep -ci 'watchdog timeout'")[1].strip()
+            if journal in ("", "0"):
+                problems.append("the journal shows no watchdog timeout for cordon.service")
+            return problems
+        return self._watched("watchdog", "SIGSTOP the agent: systemd's watchdog kills and restarts "
+                             "it; isolation holds throughout", act)
+
+    def upgrade(self) -> Step:
+        def act():
+            old = self.installer.version(self.lab)
+            self.installer.upgrade(self.lab)
+            self.lab.guest.wait_for_unit("cordon.service")
+            self.agent.wait_enforcing()
+            new = self.installer.version(self.lab)
+            return [] if new != old or self.installer.kind != "deb" else [f"version still {old} after upgrade"]
+        return self._watched("upgrade", "the package is upgraded while isolated: isolation holds "
+                             "throughout, the new agent adopts the table", act)
+
+    def purge(self) -> Step:
+        t0 = time.monotonic()
+        self.installer.purge(self.lab)
+        left = self.installer.leftovers(self.lab)
+        return self.check("purged", "`apt-get purge cordon` while normal: no table, no files, "
+                          "every probe passes", problems=[f"left behind: {left}"] if left else [],
+                          started=t0)
