@@ -45,9 +45,6 @@ def test_the_oracle_blocks_every_dhcp_shaped_probe_to_a_lab_host(lab):
 
 
 @pytest.mark.parametrize("agent_config", [{"dhcp": True}], ids=["dhcp"])
-@pytest.mark.xfail(strict=True, reason="issue 13: the nftables backend passes udp 68->67 to any "
-                                       "address and any 67->68 inbound, not only the broadcast/"
-                                       "leased server")
 def test_dhcp_enabled_passes_only_dhcp(lab, agent, agent_config):
     cmp = _isolated_table(lab, agent)
     assert not cmp.mismatches, cmp.render(lab)
