@@ -74,7 +74,32 @@ class NftablesBackend(Backend):
         self._plan = plan
 
     def _create(self, sock: NftSocket, rs, state) -> None:
-        sock.batch(self._create_batch(rs, state, self._flags(), sock))
+        """A table that is not the shape Cordon installs is replaced in one batch. A first
+        isolation takes two, like an update: the tables with their sets and elements
+        (no hooks, so enforcing nothing), then the chains and rules that use them; a set
+        created in the batch that hooks the chains would be empty for a moment and drop
+        vendor packets. If the second batch fails, the first is removed."""
+        if state.present or self._netdev_present(sock):
+            sock.batch(self._create_batch(rs, state, self._flags(), sock))
+            return
+        flags = self._flags()
+        elements = self._element_msgs(rs, "a")
+        sets = [("NEWSET", w.NLM_F_CREATE, w.set_body(n, "a")) for n in SET_FIELDS]
+        prepare = [("NEWTABLE", w.NLM_F_CREATE, w.table_body(flags))] + sets + elements
+        prepare += netdev.sets_msgs(flags, rs, "a", elements)
+        sock.batch(prepare)
+        hooks = [("NEWCHAIN", w.NLM_F_CREATE, w.chain_body(c)) for c in ("input", "output", "forward")]
+        hooks += self._rule_msgs(rs, "a")
+        for dev in list_devices(self.netns):
+            hooks += netdev.device_msgs(dev, rs.dhcp, "a")
+        try:
+            sock.batch(hooks)
+        except BackendError:
+            try:  # the prepared tables hook nothing; do not leave them behind
+                sock.batch(netdev.delete_msgs() + [("DELTABLE", 0, w.table_body())])
+            except BackendError:
+                pass  # the next apply sees a table of the wrong shape and replaces it
+            raise
 
     def _run_probes(self):
         yield probes.probe_persist(self._socket())

@@ -152,18 +152,24 @@ def device_msgs(device: str, dhcp: bool, gen: str) -> list[tuple]:
     return out
 
 
-def table_msgs(flags: int, devices, rs, present: bool, gen: str = "a", element_msgs=None) -> list[tuple]:
-    """Replace table netdev cordon as a whole: flags, sets (copies of the inet sets),
-    and the chains of every device. Goes into the batch that writes the inet table.
-    `element_msgs`: the inet table's NEWSETELEM messages of generation `gen`, whose
-    bodies are the same here (same table and set names), so they are encoded once."""
-    out = [("DELTABLE", 0, w.table_body(), NFPROTO_NETDEV)] if present else []
-    out.append(("NEWTABLE", w.NLM_F_CREATE, w.table_body(flags), NFPROTO_NETDEV))
+def sets_msgs(flags: int, rs, gen: str = "a", element_msgs=None) -> list[tuple]:
+    """Table netdev cordon with its sets (copies of the inet sets) and no chains: loaded
+    alone, it enforces nothing. `element_msgs`: the inet table's NEWSETELEM messages of
+    generation `gen`, whose bodies are the same here (same table and set names), so they
+    are encoded once."""
+    out = [("NEWTABLE", w.NLM_F_CREATE, w.table_body(flags), NFPROTO_NETDEV)]
     out += [("NEWSET", w.NLM_F_CREATE, w.set_body(n, gen), NFPROTO_NETDEV) for n in SET_FIELDS]
     if element_msgs is None:
         element_msgs = [("NEWSETELEM", w.NLM_F_CREATE, body) for name, items in rs.elements.items()
                         for body in w.setelem_bodies(name, items, gen)]
-    out += [(kind, fl, body, NFPROTO_NETDEV) for kind, fl, body in element_msgs]
+    return out + [(kind, fl, body, NFPROTO_NETDEV) for kind, fl, body in element_msgs]
+
+
+def table_msgs(flags: int, devices, rs, present: bool, gen: str = "a", element_msgs=None) -> list[tuple]:
+    """Replace table netdev cordon as a whole: flags, sets and the chains of every
+    device. Goes into the batch that writes the inet table."""
+    out = [("DELTABLE", 0, w.table_body(), NFPROTO_NETDEV)] if present else []
+    out += sets_msgs(flags, rs, gen, element_msgs)
     for dev in devices:
         out += device_msgs(dev, rs.dhcp, gen)
     return out
