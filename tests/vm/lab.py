@@ -153,6 +153,12 @@ class CtlProxy:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        try:
+            self._answer(conn)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the prober gave up on this answer (its deadline passed): nothing to tell it
+
+    def _answer(self, conn: socket.socket) -> None:
         with conn, conn.makefile("rwb") as f:
             for line in f:
                 answer = self.request(line.decode(errors="replace").strip())
