@@ -12,8 +12,10 @@ fi
 need_apt=()
 # The .deb (packaging/deb/build.sh) and its tests (a Debian root file system from mmdebstrap);
 # chromium: the HTML report tests load the pages in a real headless browser.
+# nats-server: the console channel's broker in the lab; ping: the netdev path tests.
 for tool in nft:nftables ip:iproute2 iperf3:iperf3 conntrack:conntrack dh:debhelper \
-            dpkg-buildpackage:dpkg-dev mmdebstrap:mmdebstrap chromium:chromium; do
+            dpkg-buildpackage:dpkg-dev mmdebstrap:mmdebstrap chromium:chromium \
+            nats-server:nats-server ping:iputils-ping; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")
 done
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
