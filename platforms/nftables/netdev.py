@@ -25,6 +25,7 @@ import struct
 from platforms.nftables import wire as w
 from platforms.nftables.exprs import (Cmp, Immediate, Lookup, Meta, Payload,
                                       Undecodable, decode_list, encode_list)
+from platforms.nftables.readback import hook_policy, table_chains
 from platforms.nftables.shape import SET_FIELDS, TABLE, set_name
 from platforms.nftables.vocabulary import userdata, tag_of
 
@@ -216,17 +217,8 @@ def read_back(sock, flags_wanted: int, devices, dhcp: bool, gen: str) -> tuple[d
     if flags & w.TABLE_F_PERSIST != flags_wanted & w.TABLE_F_PERSIST:
         problems.append(f"table netdev {TABLE} flags {w.flag_names(flags)} differ from "
                         f"{w.flag_names(flags_wanted)}")
-    chains = {}
-    for payload in sock.dump("GETCHAIN", w.s(w.NFTA_CHAIN_TABLE, TABLE), NFPROTO_NETDEV):
-        a = w.attr_map(payload)
-        if w.cstr(a.get(w.NFTA_CHAIN_TABLE, b"")) != TABLE:
-            continue
-        hook = w.attr_map(a.get(w.NFTA_CHAIN_HOOK, b""))
-        chains[w.cstr(a[w.NFTA_CHAIN_NAME])] = (
-            w.be32(hook[w.NFTA_HOOK_HOOKNUM]) if w.NFTA_HOOK_HOOKNUM in hook else None,
-            struct.unpack(">i", hook[w.NFTA_HOOK_PRIORITY])[0] if w.NFTA_HOOK_PRIORITY in hook else None,
-            w.be32(a[w.NFTA_CHAIN_POLICY]) if w.NFTA_CHAIN_POLICY in a else None,
-            w.cstr(hook[NFTA_HOOK_DEV]) if NFTA_HOOK_DEV in hook else None)
+    chains = {name: hook_policy(a, hook) + (w.cstr(hook[NFTA_HOOK_DEV]) if NFTA_HOOK_DEV in hook else None,)
+              for name, a, hook in table_chains(sock, NFPROTO_NETDEV)}
     want_rules = chain_rules(dhcp, gen)
     expected = {chain_name(h, d): (HOOK_INGRESS if h == "ingress" else HOOK_EGRESS, 0, w.NF_DROP, d)
                 for d in devices for h in want_rules}

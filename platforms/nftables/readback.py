@@ -14,6 +14,21 @@ from platforms.nftables.shape import GENERATIONS, SET_FIELDS, TABLE, set_name
 from platforms.nftables.vocabulary import TAG_PREFIX, Rule, decode_rule, tag_of
 
 
+def table_chains(sock: NftSocket, family: int = w.NFPROTO_INET):
+    """(name, chain attributes, hook attributes) of every chain of table TABLE."""
+    for payload in sock.dump("GETCHAIN", w.s(w.NFTA_CHAIN_TABLE, TABLE), family):
+        a = w.attr_map(payload)
+        if w.cstr(a.get(w.NFTA_CHAIN_TABLE, b"")) == TABLE:
+            yield w.cstr(a[w.NFTA_CHAIN_NAME]), a, w.attr_map(a.get(w.NFTA_CHAIN_HOOK, b""))
+
+
+def hook_policy(a: dict, hook: dict) -> tuple:
+    """What decides whether a chain enforces: hook number, priority and policy (None if absent)."""
+    return (w.be32(hook[w.NFTA_HOOK_HOOKNUM]) if w.NFTA_HOOK_HOOKNUM in hook else None,
+            struct.unpack(">i", hook[w.NFTA_HOOK_PRIORITY])[0] if w.NFTA_HOOK_PRIORITY in hook else None,
+            w.be32(a[w.NFTA_CHAIN_POLICY]) if w.NFTA_CHAIN_POLICY in a else None)
+
+
 @dataclass(frozen=True)
 class TableState:
     present: bool
@@ -39,18 +54,8 @@ def table_state(sock: NftSocket) -> TableState:
         return TableState(False)
     flags, owner = w.table_flags_owner(raw)
     problems = []
-    chains = {}
-    for payload in sock.dump("GETCHAIN", w.s(w.NFTA_CHAIN_TABLE, TABLE)):
-        a = w.attr_map(payload)
-        if w.cstr(a.get(w.NFTA_CHAIN_TABLE, b"")) != TABLE:
-            continue
-        hook = w.attr_map(a.get(w.NFTA_CHAIN_HOOK, b""))
-        chains[w.cstr(a[w.NFTA_CHAIN_NAME])] = (
-            w.be32(hook[w.NFTA_HOOK_HOOKNUM]) if w.NFTA_HOOK_HOOKNUM in hook else None,
-            struct.unpack(">i", hook[w.NFTA_HOOK_PRIORITY])[0]
-            if w.NFTA_HOOK_PRIORITY in hook else None,
-            w.be32(a[w.NFTA_CHAIN_POLICY]) if w.NFTA_CHAIN_POLICY in a else None,
-            w.cstr(a.get(w.NFTA_CHAIN_TYPE, b"")))
+    chains = {name: hook_policy(a, hook) + (w.cstr(a.get(w.NFTA_CHAIN_TYPE, b"")),)
+              for name, a, hook in table_chains(sock)}
     expected_chains = {c: (w.HOOKS[c], 0, w.NF_DROP, "filter") for c in w.HOOKS}
     if chains != expected_chains:
         problems.append(f"chains {sorted(chains)} differ from {sorted(expected_chains)}")
