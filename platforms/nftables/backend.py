@@ -115,18 +115,26 @@ class NftablesBackend(Backend):
     def _update(self, sock: NftSocket, rs, old: str) -> None:
         new = "b" if old == "a" else "a"
         elements = self._element_msgs(rs, new)
-        sock.batch([("NEWSET", w.NLM_F_CREATE, w.set_body(n, new)) for n in SET_FIELDS] + elements)
+        netdev_in_force = self._netdev_present(sock)
+        prepare = [("NEWSET", w.NLM_F_CREATE, w.set_body(n, new)) for n in SET_FIELDS] + elements
+        if netdev_in_force:  # its sets of the new generation too, hooked by nothing yet
+            prepare += netdev.sets_msgs(self._flags(), rs, new, elements)
+        sock.batch(prepare)
         swap = [("NEWTABLE", 0, w.table_body(self._flags()))]  # adopts an orphan
         swap += [("DELRULE", 0, w.chain_ref_body(c)) for c in ("input", "output", "forward")]
         swap += self._rule_msgs(rs, new)
         swap += [("DELSET", 0, w.set_name_body(n, old)) for n in SET_FIELDS]
-        swap += netdev.table_msgs(self._flags(), list_devices(self.netns), rs, self._netdev_present(sock), new,
-                                 elements)
+        if netdev_in_force:
+            swap += netdev.swap_msgs(sock, list_devices(self.netns), rs.dhcp, new, old)
+        else:
+            swap += netdev.table_msgs(self._flags(), list_devices(self.netns), rs, False, new, elements)
         try:
             sock.batch(swap)
         except BackendError:
             try:  # the loaded sets enforce nothing; do not leave them behind
-                sock.batch([("DELSET", 0, w.set_name_body(n, new)) for n in SET_FIELDS])
+                sock.batch([("DELSET", 0, w.set_name_body(n, new)) for n in SET_FIELDS]
+                           + ([("DELSET", 0, w.set_name_body(n, new), netdev.NFPROTO_NETDEV)
+                               for n in SET_FIELDS] if netdev_in_force else []))
             except BackendError:
                 pass  # the next apply re-creates the table (shape check)
             raise

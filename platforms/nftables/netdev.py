@@ -176,6 +176,25 @@ def table_msgs(flags: int, devices, rs, present: bool, gen: str = "a", element_m
     return out
 
 
+def swap_msgs(sock, devices, dhcp: bool, new: str, old: str) -> list[tuple]:
+    """The swapping batch's part for a netdev table already in force whose sets of
+    generation `new` are loaded: each device chain's rules are replaced by rules using
+    them (chains stay hooked, so no packet meets an empty set), missing device chains
+    are added, and the old sets deleted."""
+    existing = {name for name, _a, _hook in table_chains(sock, NFPROTO_NETDEV)}
+    out = []
+    for dev in devices:
+        if not all(chain_name(h, dev) in existing for h in ("ingress", "egress")):
+            out += device_msgs(dev, dhcp, new)
+            continue
+        for hook, rules in chain_rules(dhcp, new).items():
+            name = chain_name(hook, dev)
+            out.append(("DELRULE", 0, w.chain_ref_body(name), NFPROTO_NETDEV))
+            out += [("NEWRULE", w.NLM_F_CREATE | w.NLM_F_APPEND, _rule_body(name, t, e), NFPROTO_NETDEV)
+                    for t, e, _ in rules]
+    return out + [("DELSET", 0, w.set_name_body(n, old), NFPROTO_NETDEV) for n in SET_FIELDS]
+
+
 def delete_msgs() -> list[tuple]:
     return [("DELTABLE", 0, w.table_body(), NFPROTO_NETDEV)]
 
