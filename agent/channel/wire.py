@@ -90,22 +90,22 @@ def _b64_32(text: str, what: str) -> bytes:
     return raw
 
 
-def load_public_key(path: str) -> Ed25519PublicKey:
+def _key_bytes(path: str, what: str) -> bytes:
+    """The 32 bytes of a key file (base64 text), or a WireError naming the file."""
     try:
         with open(path, encoding="ascii") as f:
             text = f.read(1024)
     except (OSError, UnicodeDecodeError) as exc:
-        raise WireError(f"cannot read console public key {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    return Ed25519PublicKey.from_public_bytes(_b64_32(text, f"console public key {path}"))
+        raise WireError(f"cannot read {what} {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    return _b64_32(text, f"{what} {path}")
+
+
+def load_public_key(path: str) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(_key_bytes(path, "console public key"))
 
 
 def load_private_key(path: str) -> Ed25519PrivateKey:
-    try:
-        with open(path, encoding="ascii") as f:
-            text = f.read(1024)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise WireError(f"cannot read console key {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    return Ed25519PrivateKey.from_private_bytes(_b64_32(text, f"console key {path}"))
+    return Ed25519PrivateKey.from_private_bytes(_key_bytes(path, "console key"))
 
 
 def public_text(key: Ed25519PublicKey) -> str:
