@@ -54,13 +54,14 @@ def compile_plan(config: Config, policy: Policy | None, mode: Mode,
                 for address in answer.addresses:
                     flows += _flows(direction, entry.protocol, address, entry.ports, "exception", label,
                                     entry.host, _earliest(ends, answer.expires))
-    return Plan(
+    plan = Plan(
         mode=mode,
         flows=_merged(flows),
         dhcp=config.vendor.dhcp,
         policy_version=policy.version if (policy is not None and mode == "standard") else None,
         hosts=tuple(shown[h] for h in sorted(shown)),
     )
+    return plan if now is None else plan.lapsed(now)  # an answer's TTL may have run out
 
 
 def _merged(flows: list[Flow]) -> tuple[Flow, ...]:

@@ -18,7 +18,7 @@ from platforms.nftables.netlink import NftSocket
 from platforms.nftables import readback
 from platforms.nftables import netdev
 from platforms.nftables.devices import LinkWatcher, list_devices
-from platforms.nftables.render import atoms_from_elements, build, chain_rules, render_text
+from platforms.nftables.render import atoms_from_elements, build, chain_rules, host_comments, render_text
 from platforms.nftables.shape import SET_FIELDS, TABLE, set_name
 
 WANTED_FLAGS = w.WANTED_TABLE_FLAGS
@@ -42,6 +42,7 @@ class NftablesBackend(Backend):
         self._events: NftSocket | None = None
         self._links: LinkWatcher | None = None
         self._plan: Plan | None = None
+        self._ruleset = None   # build(self._plan), with the expiries its elements were given
         self._table_flags: int | None = None  # from the persist probe, at the first apply
 
     @classmethod
@@ -52,7 +53,8 @@ class NftablesBackend(Backend):
 
     def render(self, plan: Plan) -> str:
         rs = build(plan)
-        return render_text(rs) + netdev.render_text(rs, list_devices(self.netns))
+        hosts = "\n".join(host_comments(plan))
+        return (hosts + "\n" if hosts else "") + render_text(rs) + netdev.render_text(rs, list_devices(self.netns))
 
     def apply(self, plan: Plan) -> None:
         """A first isolation is one batch that creates the table. An update is one batch
@@ -71,7 +73,45 @@ class NftablesBackend(Backend):
             self._update(sock, ruleset, state.gen)
         else:
             self._create(sock, ruleset, state)
-        self._plan = plan
+        self._plan, self._ruleset = plan, ruleset
+
+    def refresh(self, plan: Plan) -> None:
+        """Host addresses and expiries changed (DESIGN §11): one batch of set element
+        changes in the sets in force, inet and netdev alike; no chain or rule is touched.
+        An element whose expiry moved is deleted and added again with its new timeout in
+        the same batch. Anything unexpected (no table of ours, a set element that already
+        lapsed) falls back to apply()."""
+        old, sock = self._ruleset, self._socket()
+        state = readback.table_state(sock)
+        new = build(plan)
+        if (old is None or new.dhcp != old.dhcp or not state.present or state.shape_problems
+                or state.owner not in (None, sock.portid)):
+            return self.apply(plan)
+        msgs = self._element_diff_msgs(old, new, state.gen)
+        if msgs and self._netdev_present(sock):
+            msgs += [(kind, fl, body, netdev.NFPROTO_NETDEV) for kind, fl, body in msgs]
+        if msgs:
+            try:
+                sock.batch(msgs)
+            except BackendError:
+                return self.apply(plan)
+        self._plan, self._ruleset = plan, new
+
+    @staticmethod
+    def _element_diff_msgs(old, new, gen: str) -> list:
+        """Deletes, then adds. An element whose timeout has run out is not deleted: the
+        kernel has dropped it (deleting it would fail the batch with ENOENT)."""
+        dels, adds, now = [], [], time.time()
+        for name in SET_FIELDS:
+            before, after = set(old.elements.get(name, ())), set(new.elements.get(name, ()))
+            old_t, new_t = old.expires.get(name, {}), new.expires.get(name, {})
+            gone = sorted(el for el in before if (el not in after or old_t.get(el) != new_t.get(el))
+                          and not old_t.get(el, now + 1) <= now)
+            came = sorted(el for el in after if el not in before or old_t.get(el) != new_t.get(el))
+            dels += [("DELSETELEM", 0, body) for body in w.setelem_bodies(name, gone, gen)] if gone else []
+            adds += [("NEWSETELEM", w.NLM_F_CREATE, body)
+                     for body in w.setelem_bodies(name, came, gen, new.timeouts_ms(name))] if came else []
+        return dels + adds
 
     def _create(self, sock: NftSocket, rs, state) -> None:
         """A table that is not the shape Cordon installs is replaced in one batch. A first
@@ -146,7 +186,7 @@ class NftablesBackend(Backend):
             msgs.append(("DELTABLE", 0, w.table_body()))
         if msgs:
             sock.batch(msgs)
-        self._plan = None
+        self._plan = self._ruleset = None
 
     def read_back(self) -> ReadBack:
         sock = self._socket()
@@ -267,7 +307,7 @@ class NftablesBackend(Backend):
     @staticmethod
     def _element_msgs(rs, gen: str) -> list:
         return [("NEWSETELEM", w.NLM_F_CREATE, body) for name, items in rs.elements.items()
-                for body in w.setelem_bodies(name, items, gen)]
+                for body in w.setelem_bodies(name, items, gen, rs.timeouts_ms(name))]
 
     @staticmethod
     def _rule_msgs(rs, gen: str) -> list:
