@@ -47,6 +47,15 @@ def _enforcement_row(st: dict) -> tuple[str, str]:
             else "NO: the rules in force differ from what isolation needs")
 
 
+def _print_hosts(hosts: list[dict]) -> None:
+    """names → addresses → expiry (DESIGN §11)."""
+    for h in hosts:
+        if h["error"]:
+            print(f"  host {h['host']} -> nothing ({h['error']})")
+        else:
+            print(f"  host {h['host']} -> {', '.join(h['addresses'])} (until {h['expires']})")
+
+
 def _print_status(st: dict, *, live: bool) -> None:
     pol, be, ag = st.get("policy") or {}, st.get("backend") or {}, st.get("agent") or {}
     state = (st["state"] or "UNKNOWN") + (f" ({st['mode']})" if st.get("mode") else "")
@@ -73,6 +82,12 @@ def _print_status(st: dict, *, live: bool) -> None:
         ]
     else:
         rows.append(("agent", "NOT RUNNING (showing the stored state)"))
+    ex = st.get("exceptions") or {}
+    rows += [("host exception", f"{h['host']} -> " + (f"nothing ({h['error']})" if h["error"] else
+                                                      f"{', '.join(h['addresses'])} until {h['expires']}"))
+             for h in ex.get("hosts", [])]
+    rows += [("expiring", f"{x['exception']} at {x['expires_at']}" + (" (expired)" if x["expired"] else ""))
+             for x in ex.get("expiring", [])]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
@@ -143,7 +158,10 @@ def cmd_policy_show(args) -> int:
         for direction in ("inbound", "outbound"):
             for e in p[direction]:
                 flag = "" if e["active"] else "  (inactive)"
-                print(f"  {direction:<8} {e['protocol']:<4} {e['address']:<18} ports {e['ports']:<15} {e['name'] or ''}{flag}")
+                peer = e.get("address") or e.get("host")
+                until = f"  until {e['expires_at']}" if e.get("expires_at") else ""
+                print(f"  {direction:<8} {e['protocol']:<4} {peer:<18} ports {e['ports']:<15} {e['name'] or ''}{flag}{until}")
+        _print_hosts(shown.get("hosts") or [])
     return EXIT_OK
 
 

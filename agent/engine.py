@@ -211,6 +211,12 @@ class Engine:
             self.log.info("host_resolved", host=host, addresses=list(answer.addresses), ttl=answer.ttl,
                           error=answer.error)
 
+    def exceptions_view(self, plan: Plan | None = None) -> dict:
+        """DESIGN §11: each name's current addresses and their expiry; the expires_at."""
+        with self._lock:
+            plan = plan or self.desired_plan()
+            return {"hosts": hostx.hosts_view(plan), "expiring": hostx.expiring_view(self.state)}
+
     def status(self, seen: ReadBack | None = None) -> dict:
         """`seen`: a read-back just made by the caller, so the firewall is not read twice."""
         with self._lock:
@@ -229,7 +235,7 @@ class Engine:
             view = state_view(s, self.config.sensor_type)
             view["policy"]["enforced_version"] = self._enforced_version() if enforcing else None
             # DESIGN §11: each name's current addresses and their expiry; expires_at
-            view["exceptions"] = {"hosts": hostx.hosts_view(plan), "expiring": hostx.expiring_view(s)}
+            view["exceptions"] = self.exceptions_view(plan)
             return {
                 **view,
                 "degraded": self.degraded,
