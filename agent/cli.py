@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from agent import __version__, client
 from agent.config import Config, config_path, load_config
@@ -193,7 +194,11 @@ def cmd_rules(args) -> int:
         except InvalidInput as exc:
             exc.what = f"policy {args.policy}"
             raise
-    plan = compile_plan(config, policy, "strict" if args.strict else "standard")
+    hosts = {}
+    if policy is not None and policy.enabled and not args.strict and policy.hosts():
+        from agent.resolve import HostTable  # host exceptions: what they resolve to now
+        hosts = HostTable(config.vendor.dns_servers, config.exceptions.min_host_ttl).update(policy.hosts())
+    plan = compile_plan(config, policy, "strict" if args.strict else "standard", hosts, now=time.time())
     name = args.backend or config.backend
     print(backend_class(name, check_support=False)(state_dir=None).render(plan), end="")
     return EXIT_OK

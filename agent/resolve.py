@@ -29,12 +29,13 @@ REFRESH_FRACTION = 0.75    # re-resolve when this much of the TTL has passed
 MAX_PARALLEL = 8
 
 
-def resolve(host: str, servers: tuple[str, ...], min_ttl: int = 30, now=time.time) -> HostAddresses:
+def resolve(host: str, servers: tuple[str, ...], min_ttl: int = 30, now=time.time, port: int = 53) -> HostAddresses:
     """One name → its addresses (or the reason it allows nothing)."""
     if not servers:
         return HostAddresses(host, error="no [vendor].dns_servers configured")
     r = dns.resolver.Resolver(configure=False)  # never /etc/resolv.conf: only the pinned resolvers
     r.nameservers = list(servers)
+    r.port = port
     r.timeout, r.lifetime = QUERY_TIMEOUT_S, LIFETIME_S
     r.cache = None
     started = now()

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import ipaddress
 import json
+import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
@@ -140,6 +141,18 @@ class Plan:
                     out[atom] = None
                 else:
                     out[atom] = f.expires if atom not in out else max(out[atom], f.expires)
+        return out
+
+    def host_lines(self) -> list[str]:
+        """'host NAME -> addresses (until TIME, TTL N s)' per host exception, for the
+        text a backend renders (`cordon rules`)."""
+        out = []
+        for h in self.hosts:
+            if h.error or h.expires is None:
+                out.append(f"host {h.host} -> nothing ({h.error or 'not resolved'})")
+            else:
+                until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(h.expires))
+                out.append(f"host {h.host} -> {', '.join(h.addresses)} (until {until}, TTL {h.ttl} s)")
         return out
 
     def next_expiry(self) -> float | None:

@@ -18,7 +18,7 @@ from platforms.nftables.netlink import NftSocket
 from platforms.nftables import readback
 from platforms.nftables import netdev
 from platforms.nftables.devices import LinkWatcher, list_devices
-from platforms.nftables.render import atoms_from_elements, build, chain_rules, host_comments, render_text
+from platforms.nftables.render import atoms_from_elements, build, chain_rules, render_text
 from platforms.nftables.shape import SET_FIELDS, TABLE, set_name
 
 WANTED_FLAGS = w.WANTED_TABLE_FLAGS
@@ -53,8 +53,8 @@ class NftablesBackend(Backend):
 
     def render(self, plan: Plan) -> str:
         rs = build(plan)
-        hosts = "\n".join(host_comments(plan))
-        return (hosts + "\n" if hosts else "") + render_text(rs) + netdev.render_text(rs, list_devices(self.netns))
+        hosts = "".join(f"# {line}\n" for line in plan.host_lines())
+        return hosts + render_text(rs) + netdev.render_text(rs, list_devices(self.netns))
 
     def apply(self, plan: Plan) -> None:
         """A first isolation is one batch that creates the table. An update is one batch

@@ -165,19 +165,6 @@ def canonical_elements(plan: Plan) -> dict:
 
 # --- nft text -------------------------------------------------------------------------
 
-def host_comments(plan: Plan) -> list[str]:
-    """`# host NAME -> addresses` lines: what each host exception resolves to now."""
-    from datetime import datetime, timezone
-    out = []
-    for h in plan.hosts:
-        if h.error:
-            out.append(f"# host {h.host} -> nothing ({h.error})")
-        else:
-            until = datetime.fromtimestamp(h.expires, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-            out.append(f"# host {h.host} -> {', '.join(h.addresses)} (until {until}, TTL {h.ttl} s)")
-    return out
-
-
 def render_text(rs: Ruleset, gen: str = "a", now: float | None = None) -> str:
     lines = [
         "# Cordon isolation ruleset. Load with `nft -f FILE` (replaces an unowned cordon table).",

@@ -84,13 +84,10 @@ def answer(zone: dict, wire: bytes, limit: int | None) -> bytes | None:
     return r.to_wire()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(prog="dnsserver")
-    ap.add_argument("--zone", required=True)
-    ap.add_argument("--address", default="0.0.0.0")
-    ap.add_argument("--port", type=int, default=53)
-    args = ap.parse_args()
-    zone = Zone(args.zone)
+def serve(zone_path: str, address: str = "0.0.0.0", port: int = 53):
+    """Start the UDP and TCP servers on threads of this process; returns both (their
+    server_address gives the port when 0 was asked for; shutdown() stops them)."""
+    zone = Zone(zone_path)
 
     class Udp(socketserver.BaseRequestHandler):
         def handle(self) -> None:
@@ -110,11 +107,22 @@ def main() -> None:
 
     socketserver.ThreadingUDPServer.allow_reuse_address = True
     socketserver.ThreadingTCPServer.allow_reuse_address = True
-    udp = socketserver.ThreadingUDPServer((args.address, args.port), Udp)
-    tcp = socketserver.ThreadingTCPServer((args.address, args.port), Tcp)
-    threading.Thread(target=tcp.serve_forever, daemon=True).start()
+    udp = socketserver.ThreadingUDPServer((address, port), Udp)
+    tcp = socketserver.ThreadingTCPServer((address, udp.server_address[1]), Tcp)
+    for server in (udp, tcp):
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    return udp, tcp
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="dnsserver")
+    ap.add_argument("--zone", required=True)
+    ap.add_argument("--address", default="0.0.0.0")
+    ap.add_argument("--port", type=int, default=53)
+    args = ap.parse_args()
+    serve(args.zone, args.address, args.port)
     print("ready", flush=True)
-    udp.serve_forever()
+    threading.Event().wait()
 
 
 if __name__ == "__main__":

@@ -132,6 +132,7 @@ def test_follows_a_records_both_directions_and_refreshes_set_elements_only(lab, 
         assert agent.status()["exceptions"]["hosts"][0]["addresses"] == [jump]
         policy_show = json.loads(agent.cli("policy", "show", "--json").stdout)
         assert policy_show["hosts"][0]["addresses"] == [jump]
+        assert agent.audit_events("tamper_detected") == [], "refreshes and lapses are not tamper"
     finally:
         agent.close()
 
@@ -212,5 +213,6 @@ def test_expires_at_ends_the_exception_at_its_time(lab, dns, agent_dies):
         if not agent_dies:
             [event] = _poll(lambda: agent.audit_events("exception_expired"), 10, "no exception_expired event")
             assert event["expires_at"] == expires_at and event["exception"] == "vendor support"
+            assert agent.audit_events("tamper_detected") == [], "a lapse is not tamper"
     finally:
         agent.close()
