@@ -7,6 +7,7 @@ setting the owner flag again in the batch that re-applies its plan.
 """
 from __future__ import annotations
 
+import math
 import select
 import time
 
@@ -87,7 +88,8 @@ class NftablesBackend(Backend):
         if (old is None or new.dhcp != old.dhcp or not state.present or state.shape_problems
                 or state.owner not in (None, sock.portid)):
             return self.apply(plan)
-        msgs = self._element_diff_msgs(old, new, state.gen)
+        update = next((p.present for p in self.probe() if p.name == probes.TIMEOUT_UPDATE), False)
+        msgs = self._element_diff_msgs(old, new, state.gen, update)
         if msgs and self._netdev_present(sock):
             msgs += [(kind, fl, body, netdev.NFPROTO_NETDEV) for kind, fl, body in msgs]
         if msgs:
@@ -98,16 +100,19 @@ class NftablesBackend(Backend):
         self._plan, self._ruleset = plan, new
 
     @staticmethod
-    def _element_diff_msgs(old, new, gen: str) -> list:
-        """Deletes, then adds. An element whose timeout has run out is not deleted: the
-        kernel has dropped it (deleting it would fail the batch with ENOENT)."""
+    def _element_diff_msgs(old, new, gen: str, timeout_update: bool = False) -> list:
+        """Deletes, then adds. An element whose expiry moved is added again with its new
+        timeout, deleted first unless the kernel updates a timeout in place (probed). An
+        element whose timeout has run out is not deleted: the kernel has dropped it
+        (deleting it would fail the batch with ENOENT)."""
         dels, adds, now = [], [], time.time()
         for name in SET_FIELDS:
             before, after = set(old.elements.get(name, ())), set(new.elements.get(name, ()))
             old_t, new_t = old.expires.get(name, {}), new.expires.get(name, {})
-            gone = sorted(el for el in before if (el not in after or old_t.get(el) != new_t.get(el))
-                          and not old_t.get(el, now + 1) <= now)
-            came = sorted(el for el in after if el not in before or old_t.get(el) != new_t.get(el))
+            moved = {el for el in before & after if old_t.get(el) != new_t.get(el)}
+            in_place = {el for el in moved if timeout_update and el in old_t and el in new_t}
+            gone = sorted(el for el in (before - after) | (moved - in_place) if old_t.get(el, math.inf) > now)
+            came = sorted((after - before) | moved)
             dels += [("DELSETELEM", 0, body) for body in w.setelem_bodies(name, gone, gen)] if gone else []
             adds += [("NEWSETELEM", w.NLM_F_CREATE, body)
                      for body in w.setelem_bodies(name, came, gen, new.timeouts_ms(name))] if came else []
@@ -143,6 +148,7 @@ class NftablesBackend(Backend):
 
     def _run_probes(self):
         yield probes.probe_persist(self._socket())
+        yield probes.probe_timeout_update(self._socket())
 
     def _flags(self) -> int:
         """owner|persist where the probe found them; else none at all, because an

@@ -136,13 +136,13 @@ def chain_body(name: str) -> bytes:
             + u32(NFTA_CHAIN_POLICY, NF_DROP) + s(NFTA_CHAIN_TYPE, "filter"))
 
 
-def set_body(name: str, gen: str) -> bytes:
+def set_body(name: str, gen: str, table: str = TABLE) -> bytes:
     fields = SET_FIELDS[name]
     key_type = 0
     for f in fields:
         key_type = key_type << 6 | DTYPE[f]
     concat = b"".join(nest(NFTA_LIST_ELEM, u32(NFTA_SET_FIELD_LEN, FIELD_LEN[f])) for f in fields)
-    return (s(NFTA_SET_TABLE, TABLE) + s(NFTA_SET_NAME, set_name(name, gen))
+    return (s(NFTA_SET_TABLE, table) + s(NFTA_SET_NAME, set_name(name, gen))
             + u32(NFTA_SET_FLAGS, SET_FLAGS)
             + u32(NFTA_SET_KEY_TYPE, key_type) + u32(NFTA_SET_KEY_LEN, 4 * len(fields))
             + u32(NFTA_SET_ID, SET_IDS[name] + (4 if gen == "b" else 0))
@@ -174,11 +174,12 @@ def unpack_key(fields, data: bytes) -> tuple[int, ...]:
 _KEY_STRUCTS = {3: struct.Struct(">IBxxxHxx"), 2: struct.Struct(">IBxxx")}
 
 
-def setelem_bodies(name: str, elements, gen: str, timeouts_ms: dict | None = None) -> list[bytes]:
+def setelem_bodies(name: str, elements, gen: str, timeouts_ms: dict | None = None,
+                   table: str = TABLE) -> list[bytes]:
     """NEWSETELEM/DELSETELEM bodies; `timeouts_ms`: element -> kernel timeout (ms) for
     the elements that expire."""
     fields = SET_FIELDS[name]
-    head = set_ref_body(name, gen)
+    head = set_ref_body(name, gen, table)
     key = _KEY_STRUCTS[len(fields)]
     klen = 4 + key.size  # NFTA_DATA_VALUE attribute
     # Attribute headers are host order, key values network order: pack them apart,
@@ -207,8 +208,8 @@ def set_name_body(name: str, gen: str) -> bytes:
     return s(NFTA_SET_TABLE, TABLE) + s(NFTA_SET_NAME, set_name(name, gen))
 
 
-def set_ref_body(name: str, gen: str) -> bytes:
-    return s(NFTA_SET_ELEM_LIST_TABLE, TABLE) + s(NFTA_SET_ELEM_LIST_SET, set_name(name, gen))
+def set_ref_body(name: str, gen: str, table: str = TABLE) -> bytes:
+    return s(NFTA_SET_ELEM_LIST_TABLE, table) + s(NFTA_SET_ELEM_LIST_SET, set_name(name, gen))
 
 
 @functools.lru_cache(maxsize=256)
