@@ -56,11 +56,11 @@ class Ruleset:
 
 def build(plan: Plan) -> Ruleset:
     # (set name, proto key) -> boxes (addr first, addr last, b first, b last), where b is
-    # the port range in an l4 set and the protocol range in an l3 set.
+    # the port range in an l4 set and the protocol range in an l3 set; with the expiry
+    # of each box where any flow expires (DESIGN §11).
+    timed = plan.timed_atoms() if any(f.expires is not None for f in plan.flows) else None
     boxes: dict[tuple[str, int], list] = {}
-    timed = plan.timed_atoms()
-    any_timed = any(e is not None for e in timed.values())
-    for atom, ends in timed.items():
+    for atom in (timed if timed is not None else plan.atoms()):
         direction, proto, network, first, last = atom
         a0, a1 = _net_range(network)
         if proto == "tcp" or proto == "udp":
@@ -68,13 +68,18 @@ def build(plan: Plan) -> Ruleset:
                 (a0, a1, first, last) if first else (a0, a1, 0, 65535)
         else:
             key, box = (direction + "_l3", 0), (a0, a1, 1, 1) if proto == "icmp" else (a0, a1, 0, 255)
-        boxes.setdefault(key, []).append((box, ends))
+        boxes.setdefault(key, []).append(box if timed is None else (box, timed[atom]))
     elements = {name: [] for name in SET_FIELDS}
     expires: dict = {}
     for (name, proto), items in boxes.items():
-        pieces = disjoint_timed(items) if any_timed else [(b, None) for b in disjoint(b for b, _ in items)]
-        for (a0, a1, b0, b1), ends in pieces:
-            el = ((a0, a1), (proto, proto), (b0, b1)) if name.endswith("_l4") else ((a0, a1), (b0, b1))
+        l4 = name.endswith("_l4")
+        if timed is None:
+            pr = (proto, proto)
+            elements[name] += [((a0, a1), pr, (b0, b1)) if l4 else ((a0, a1), (b0, b1))
+                               for a0, a1, b0, b1 in disjoint(items)]
+            continue
+        for (a0, a1, b0, b1), ends in disjoint_timed(items):
+            el = ((a0, a1), (proto, proto), (b0, b1)) if l4 else ((a0, a1), (b0, b1))
             elements[name].append(el)
             if ends is not None:
                 expires.setdefault(name, {})[el] = ends
