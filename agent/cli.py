@@ -167,11 +167,13 @@ def cmd_policy_show(args) -> int:
 
 
 def cmd_policy_validate(args) -> int:
-    max_per_direction = 50
-    if args.config:  # the limit comes from the config when one is named; no agent needed
-        max_per_direction = _config(args).exceptions.max_per_direction
-    try:
-        policy = validate_policy(_read_policy_file(args.file), max_per_direction=max_per_direction)
+    max_per_direction, dns_servers = 50, None
+    if args.config:  # the limits come from the config when one is named; no agent needed
+        config = _config(args)
+        max_per_direction, dns_servers = config.exceptions.max_per_direction, config.vendor.dns_servers
+    try:  # as `policy set` would judge it now: an expires_at in the past is refused
+        policy = validate_policy(_read_policy_file(args.file), max_per_direction=max_per_direction,
+                                 now=time.time(), dns_servers=dns_servers)
     except InvalidInput as exc:
         exc.what = f"policy {args.file}"
         raise
