@@ -41,9 +41,12 @@ class Refresher:
             now = time.time()
             names = hostx.names_of(e.state)
             if names:
+                before = e.hosts.current()
                 for host, answer in e.hosts.update(names, only=e.hosts.due(now)).items():
-                    e.log.info("host_resolved", host=host, addresses=list(answer.addresses),
-                               ttl=answer.ttl, error=answer.error)
+                    was = before.get(host)
+                    if was is None or (was.addresses, was.error) != (answer.addresses, answer.error):
+                        e.log.info("host_resolved", host=host, addresses=list(answer.addresses),
+                                   ttl=answer.ttl, error=answer.error)  # only when the answer changed
             self._announce_expired(now)
             plan = e.desired_plan()
             if plan is None or e.degraded or e.backend.read_back().enforces(plan):

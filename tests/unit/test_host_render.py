@@ -134,3 +134,32 @@ def test_disjoint_timed_keeps_each_point_as_long_as_its_longest_box(items):
                 assert (a, b) not in got, "two elements overlap"
                 got[(a, b)] = NEVER if e is None else e
     assert got == _latest(items)
+
+
+def _diff(old_plan, new_plan, update):
+    from platforms.nftables.backend import NftablesBackend
+    msgs = NftablesBackend._element_diff_msgs(build(old_plan), build(new_plan), "a", update)
+    out = []
+    for kind, _, body in msgs:
+        for _, elem in w.parse_attrs(w.attr_map(body)[w.NFTA_SET_ELEM_LIST_ELEMENTS]):
+            a = w.attr_map(elem)
+            key = w.unpack_key(("ipv4_addr", "inet_proto", "inet_service"),
+                               w.attr_map(a[w.NFTA_SET_ELEM_KEY])[w.NFTA_DATA_VALUE])
+            out.append((kind, str(__import__("ipaddress").IPv4Address(key[0])), w.NFTA_SET_ELEM_TIMEOUT in a))
+    return sorted(out)
+
+
+def test_refresh_changes_only_the_elements_that_moved():
+    old = plan(ttl=30)
+    later = compile_plan(CONFIG, POLICY, "standard",
+                         {NAME: HostAddresses(NAME, ("203.0.113.21", "203.0.113.22"), NOW + 60, None, 30)}, now=NOW)
+    # 203.0.113.20 left the answer; .21 stayed with a later expiry; .22 is new. The vendor,
+    # DNS and the expires_at exception are not touched.
+    assert _diff(old, later, update=True) == [
+        ("DELSETELEM", "203.0.113.20", False),
+        ("NEWSETELEM", "203.0.113.21", True), ("NEWSETELEM", "203.0.113.22", True)]
+    # A kernel that cannot update a timeout in place: the moved element is deleted and re-added.
+    assert _diff(old, later, update=False) == [
+        ("DELSETELEM", "203.0.113.20", False), ("DELSETELEM", "203.0.113.21", False),
+        ("NEWSETELEM", "203.0.113.21", True), ("NEWSETELEM", "203.0.113.22", True)]
+    assert _diff(old, old, update=False) == []
