@@ -4,7 +4,8 @@ address: `ip netns exec NS python -m tests.harness.dnsserver --zone FILE`.
 FILE is JSON, read again whenever it changes (write it with `write_zone`, atomically):
   {"rmm.example.com": {"a": ["203.0.113.20"], "ttl": 3},
    "gone.example.com": {"rcode": "NXDOMAIN"}, "bad.example.com": {"rcode": "SERVFAIL"},
-   "slow.example.com": {"drop": true}}
+   "slow.example.com": {"drop": true},
+   "many.example.com": {"records": ["203.0.113.1", ...], "ttl": 60}}   (written one by one, repeats kept)
 Names not in it get NXDOMAIN. UDP answers that do not fit 512 bytes (or the client's
 EDNS size) go out truncated, so the client asks again over TCP, which is also served.
 Messages are built and parsed by dnspython. Each query is logged to stdout as one line.
@@ -74,6 +75,13 @@ def answer(zone: dict, wire: bytes, limit: int | None) -> bytes | None:
     elif rdtype == dns.rdatatype.A and entry.get("a"):
         r.answer.append(dns.rrset.from_text_list(q.question[0].name, entry.get("ttl", 3), dns.rdataclass.IN,
                                                  dns.rdatatype.A, entry["a"]))
+    if entry and entry.get("records") and rdtype == dns.rdatatype.A:
+        wire = _raw_answer(r, entry["records"], entry.get("ttl", 3))  # repeats allowed, as a hostile server may
+        if limit is not None and len(wire) > 512:
+            r.answer = []
+            r.flags |= dns.flags.TC
+            return r.to_wire()
+        return wire
     if limit is not None:
         size = max(512, q.payload if q.edns >= 0 else 512)
         try:
@@ -112,6 +120,15 @@ def serve(zone_path: str, address: str = "0.0.0.0", port: int = 53):
     for server in (udp, tcp):
         threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     return udp, tcp
+
+
+def _raw_answer(r, records: list[str], ttl: int) -> bytes:
+    """The reply with these A records written one by one (dnspython would merge repeats):
+    each is the question's name (a pointer to offset 12), type A, class IN, ttl, 4 bytes."""
+    head = r.to_wire()
+    count = struct.pack(">H", len(records))
+    rrs = b"".join(struct.pack(">HHHIH", 0xC00C, 1, 1, ttl, 4) + socket.inet_aton(a) for a in records)
+    return head[:6] + count + head[8:] + rrs
 
 
 def main() -> None:
