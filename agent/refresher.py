@@ -49,8 +49,10 @@ class Refresher:
                                    ttl=answer.ttl, error=answer.error)  # only when the answer changed
             self._announce_expired(now)
             plan = e.desired_plan()
-            if plan is None or e.degraded or e.backend.read_back().enforces(plan):
+            if plan is None or e.degraded:
                 return False
+            # Always through the backend, even when the read-back already matches: the
+            # kernel timeouts of the answers just renewed must move too.
             t0 = time.monotonic()
             try:
                 e.backend.refresh(plan)

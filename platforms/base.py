@@ -116,8 +116,11 @@ class Backend(abc.ABC):
     def refresh(self, plan: Plan) -> None:
         """Like apply, for a plan that differs from the one in force only in which
         addresses host exceptions resolve to and when flows expire (DESIGN §11). A
-        backend that can changes set elements only; the default applies the whole plan."""
-        self.apply(plan)
+        backend that can changes set elements only (and renews their timeouts); the
+        default, for backends without timeouts, applies the whole plan when what it
+        allows differs from what is in force."""
+        if not self.read_back().enforces(plan):
+            self.apply(plan)
 
     @abc.abstractmethod
     def clear(self) -> None:
