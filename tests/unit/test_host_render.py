@@ -150,9 +150,9 @@ def _diff(old_plan, new_plan, update):
 
 
 def test_refresh_changes_only_the_elements_that_moved():
-    old = plan(ttl=30)
+    old = plan(ttl=3000)  # far enough ahead that the module's NOW is still before it
     later = compile_plan(CONFIG, POLICY, "standard",
-                         {NAME: HostAddresses(NAME, ("203.0.113.21", "203.0.113.22"), NOW + 60, None, 30)}, now=NOW)
+                         {NAME: HostAddresses(NAME, ("203.0.113.21", "203.0.113.22"), NOW + 6000, None, 3000)}, now=NOW)
     # 203.0.113.20 left the answer; .21 stayed with a later expiry; .22 is new. The vendor,
     # DNS and the expires_at exception are not touched.
     assert _diff(old, later, update=True) == [
