@@ -190,7 +190,7 @@ CIDRS_GAP = pytest.mark.xfail(strict=True, reason="issue 19: on the cidrs plan t
 
 @pytest.mark.parametrize("name", ["zero_exceptions", "strict", pytest.param("cidrs", marks=CIDRS_GAP),
                                   "fifty_fifty"])
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, derandomize=True)  # a strict xfail must not hinge on luck
 @given(outbound=st.booleans(), proto=st.sampled_from([6, 17, 1, 47]), peer=st.sampled_from(PEERS),
        sport=st.sampled_from(PORTS), dport=st.sampled_from(PORTS), flags=st.sampled_from([0x02, 0x12, 0x10, 0x18, 0x04]),
        icmp_type=st.sampled_from([0, 3, 8, 11, 13]))
