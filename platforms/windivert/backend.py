@@ -11,8 +11,13 @@ Handles of one generation (one applied plan):
 
 Crash semantics: handles belong to this process. When it dies, Windows removes their
 filters at once and eBPFDivert lets traffic through after its 3 s heartbeat: isolation
-does NOT survive the agent. There is nothing to read back from the kernel either, so
-read_back() reports the handles this process holds and the plan they were opened for.
+does NOT survive the agent (issue 19).
+
+Read-back: on Linux, eBPFDivert enforces every handle through its TC programs on each
+device (kernel.py). read_back() reads them from the kernel: a deleted clsact qdisc or
+filter, or a device without them, gives digest None, so the engine logs tamper_detected
+and re-applies (a new generation of handles re-attaches the programs). The filters inside
+the programs are not readable; Windows offers no read-back at all.
 
 Atomic switch A -> B: B's handles are opened before A's are closed. While both are open a
 packet must pass both: allowed is A and B, never more than A or B alone.
@@ -27,6 +32,7 @@ from dataclasses import dataclass, field
 
 from platforms.plan import Flow, Plan
 from platforms.base import Backend, BackendError, BackendUnavailable, Capabilities, ReadBack, Support
+from platforms.windivert import kernel
 from platforms.windivert.filter import ICMP_REPLY_TYPES, Filters, compile_plan, render
 
 NOTES = ("filters live in handles of the agent process: isolation lasts only while the "
@@ -287,10 +293,13 @@ class WinDivertBackend(Backend):
     # -- read back -------------------------------------------------------------------
 
     def read_back(self) -> ReadBack:
+        seen = kernel.attachments()  # outside the lock: a netlink dump, nothing of ours
+        missing = kernel.missing(seen) if seen is not None else []
         with self._lock:
             gen = self._gen
             if gen is None:
-                return ReadBack(False, None, {"handles": [], "kernel_read_back": False})
+                return ReadBack(False, None, {"handles": [], "kernel_read_back": seen is not None,
+                                              "attachments": seen})
             handles = []
             for h in gen.handles:
                 entry = {"role": h.role, "layer": h.layer, "priority": h.priority,
@@ -302,16 +311,20 @@ class WinDivertBackend(Backend):
                     pass
                 handles.append(entry)
             alive = all(e["open"] for e in handles) and all(t.is_alive() for t in gen.threads)
+            enforcing = alive and not missing
             details = {
                 "shape": gen.filters.shape,
                 "handles": handles,
-                "kernel_read_back": False,
+                "kernel_read_back": seen is not None,
+                "attachments": seen,
+                "missing_attachments": missing,
+                "tamper": "detect-and-repair",
                 "depends_on_process": True,
-                "note": "WinDivert offers no read-back of installed filters: this is the set of "
-                        "handles this process holds and the plan they were opened with; "
-                        "they vanish when the process exits",
+                "note": "the eBPF programs are read from the kernel (Linux); the filters inside "
+                        "them are the ones this process's handles were opened with, and they "
+                        "vanish when the process exits",
             }
-            return ReadBack(alive, gen.plan.digest() if alive else None, details)
+            return ReadBack(alive, gen.plan.digest() if enforcing else None, details)
 
 
 def _pydivert():

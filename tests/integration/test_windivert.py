@@ -198,10 +198,10 @@ def test_read_back_and_honest_crash_semantics(lab, agent):
     assert agent.cmd(cmd="read_back")["present"] is False
     agent.apply(PLAN_A)
     rb = agent.cmd(cmd="read_back")
-    # WinDivert cannot read filters back: the digest is the plan's own (issue 19), so it
-    # proves nothing and is not asserted. The packets below are the evidence.
+    # The filters inside eBPFDivert's programs cannot be read back: the digest says the
+    # programs are attached and this process's handles are open. The packets are the evidence.
     assert rb["present"]
-    assert rb["details"]["kernel_read_back"] is False and rb["details"]["depends_on_process"] is True
+    assert rb["details"]["kernel_read_back"] is True and rb["details"]["depends_on_process"] is True
     assert {h["role"] for h in rb["details"]["handles"]} >= {"drop", "forward"}
     assert lab.probe("endpoint", "outside", "tcp", 443).verdict == BLOCKED
     # kill -9: the handles die with the process; eBPFDivert lets traffic through once the
@@ -212,3 +212,34 @@ def test_read_back_and_honest_crash_semantics(lab, agent):
     deadline = time.monotonic() + 10 * load_factor()  # guards a hang; the event is the probe
     while lab.probe("endpoint", "outside", "tcp", 443).verdict != ALLOWED:
         assert time.monotonic() < deadline, "isolation still in force 10 s after the agent died"
+
+
+def _tc_programs(lab, dev: str, hook: str) -> str:
+    """What `tc` (iproute2, not the code under test) says is attached on `dev`'s hook."""
+    return lab.run("endpoint", "tc", "filter", "show", "dev", dev, hook, check=False).stdout
+
+
+def test_deleted_ebpf_attachment_is_read_back_and_repaired(lab, agent):
+    """Issue 19: deleting eBPFDivert's clsact qdisc lifts isolation; read-back must see it
+    (digest None: the engine logs tamper_detected and re-applies) and a re-apply repairs it."""
+    agent.apply(PLAN_A)
+    rb = agent.cmd(cmd="read_back")
+    assert rb["digest"] == PLAN_A.digest() and rb["details"]["missing_attachments"] == []
+    assert "tc_divert" in _tc_programs(lab, "eth0", "ingress") and "tc_divert" in _tc_programs(lab, "eth0", "egress")
+    blocked = Probe("endpoint", "outside", "tcp", 443, 4)
+    assert lab.probe_all([blocked])[0].verdict == BLOCKED
+
+    lab.run("endpoint", "tc", "qdisc", "del", "dev", "eth0", "clsact")
+    assert "tc_divert" not in _tc_programs(lab, "eth0", "egress")
+    assert lab.probe_all([blocked])[0].verdict == ALLOWED  # the tampering really lifted isolation
+    t0 = time.perf_counter()
+    rb = agent.cmd(cmd="read_back")
+    print(f"read-back after the deletion: {(time.perf_counter() - t0) * 1000:.1f} ms")
+    assert rb["digest"] is None
+    assert {"eth0/ingress", "eth0/egress"} <= set(rb["details"]["missing_attachments"])
+
+    agent.apply(PLAN_A)  # what Engine.reconcile does after tamper_detected
+    rb = agent.cmd(cmd="read_back")
+    assert rb["digest"] == PLAN_A.digest() and rb["details"]["missing_attachments"] == []
+    assert "tc_divert" in _tc_programs(lab, "eth0", "egress")
+    check(lab, PLAN_A, "repaired")
