@@ -213,7 +213,8 @@ class NftablesBackend(Backend):
         if state.flags & w.TABLE_F_PERSIST != self._flags() & w.TABLE_F_PERSIST:
             problems.append(f"table inet {TABLE} flags {w.flag_names(state.flags)} differ from "
                             f"{w.flag_names(self._flags())}")
-        below, below_problems = netdev.read_back(sock, self._flags(), list_devices(self.netns), dhcp, gen)
+        below, below_problems = netdev.read_back(sock, self._flags(), list_devices(self.netns), dhcp, gen,
+                                                 {n: elements.get(n, ()) for n in SET_FIELDS})
         problems += below_problems
         rules = {c: len(r) for c, r in seen.items()}
         details = {

@@ -25,7 +25,7 @@ import struct
 from platforms.nftables import wire as w
 from platforms.nftables.exprs import (Cmp, Immediate, Lookup, Meta, Payload,
                                       Undecodable, decode_list, encode_list)
-from platforms.nftables.readback import hook_policy, table_chains
+from platforms.nftables.readback import hook_policy, set_elements, table_chains
 from platforms.nftables.shape import SET_FIELDS, TABLE, set_name
 from platforms.nftables.vocabulary import userdata, tag_of
 
@@ -224,10 +224,12 @@ def render_text(rs, devices, gen: str = "a") -> str:
 
 # --- read-back -----------------------------------------------------------------------
 
-def read_back(sock, flags_wanted: int, devices, dhcp: bool, gen: str) -> tuple[dict, list[str]]:
+def read_back(sock, flags_wanted: int, devices, dhcp: bool, gen: str,
+              elements: dict | None = None) -> tuple[dict, list[str]]:
     """What table netdev cordon holds against what it must hold: flags (a dormant table
     is unhooked), one ingress and one egress chain per device with hook, priority,
-    policy and device, and every rule by tag and value."""
+    policy and device, every rule by tag and value, and every set's elements against
+    `elements` (the inet table's, read back: the two must be copies)."""
     raw = sock.get("GETTABLE", w.table_body(), NFPROTO_NETDEV)
     if raw is None:
         return {"table": None}, [f"table netdev {TABLE} is missing"]
@@ -267,6 +269,9 @@ def read_back(sock, flags_wanted: int, devices, dhcp: bool, gen: str) -> tuple[d
         if seen.get(name, []) != want:
             got = [t for t, _ in seen.get(name, [])]
             problems.append(f"netdev chain {name}: rules {got} differ from what Cordon installs")
+    for name, want in (elements or {}).items():
+        if set_elements(sock, name, gen, NFPROTO_NETDEV) != want:
+            problems.append(f"netdev set {set_name(name, gen)}: elements differ from table inet {TABLE}'s")
     details = {"table": f"netdev {TABLE}", "table_flags": w.flag_names(flags), "owner_portid": owner,
                "devices": sorted({v[3] for v in chains.values() if v[3]})}
     return details, problems

@@ -73,10 +73,12 @@ def table_state(sock: NftSocket) -> TableState:
     return TableState(True, flags, owner, sets, gen, tuple(problems))
 
 
-def set_elements(sock: NftSocket, name: str, gen: str) -> tuple:
+def set_elements(sock: NftSocket, name: str, gen: str, family: int = w.NFPROTO_INET) -> tuple:
+    """The elements of set `name` of generation `gen` in table TABLE of `family`, decoded
+    and sorted (a missing set reads as empty; a rule cannot use a missing set)."""
     fields = SET_FIELDS[name]
     out = []
-    for payload in sock.dump("GETSETELEM", w.set_ref_body(name, gen)):
+    for payload in sock.dump("GETSETELEM", w.set_ref_body(name, gen), family):
         a = w.attr_map(payload)
         for _, elem in w.parse_attrs(a.get(w.NFTA_SET_ELEM_LIST_ELEMENTS, b"")):
             e = w.attr_map(elem)

@@ -189,3 +189,38 @@ def test_a_device_added_while_isolated_is_seen_and_hooked(lab, nft_backend):  # 
     assert {"late0", "late1", "tap9"} <= set(after.details["netdev"]["devices"])
     listed = _nft(e_ns, "list table netdev cordon").stdout
     assert 'hook egress device "tap9"' in listed and 'hook ingress device "late0"' in listed
+
+
+def test_netdev_set_elements_are_read_back_and_a_tampered_set_repaired(lab, nft_backend, tmp_path):  # noqa: F811
+    """An element added to a netdev set by root (outside's udp/9, the raw frame's flow)
+    opens the raw path below an intact inet table: read-back names it, apply repairs."""
+    from platforms.nftables import NftablesBackend
+    e_ns, outside = lab.ns("endpoint"), lab.addr("outside", 4)
+    tamper = f"add element netdev cordon out_l4_a {{ {outside} . 17 . 9 }}"
+    nft_backend.apply(plan_a())
+    if nft_backend.read_back().details["tamper"] == "blocked":  # owned: refused outright
+        assert _nft(e_ns, tamper).returncode != 0
+        assert nft_backend.read_back().enforces(plan_a())
+    path = tmp_path / "cordon.nft"  # the same ruleset with no owner (Linux < 6.9)
+    path.write_text(nft_backend.render(plan_a()))
+    nft_backend.clear()
+    nft_backend.close()
+    nft_backend = NftablesBackend(netns=e_ns)
+    try:
+        assert _nft(e_ns, "-f", str(path)).returncode == 0
+        nft_backend._table_flags = 0  # what the persist probe finds on such a kernel
+        nft_backend.apply(plan_a())  # Cordon's own encoding of it, still with no owner
+        assert nft_backend.read_back().enforces(plan_a()), nft_backend.read_back().details["problems"]
+        assert _raw_send(lab, False, ("ipv4-udp",)) == {"ipv4-udp": False, "receiver alive": True}
+        gen = nft_backend.read_back().details["set_generation"]
+        assert _nft(e_ns, tamper.replace("out_l4_a", f"out_l4_{gen}")).returncode == 0
+        assert _raw_send(lab, False, ("ipv4-udp",))["ipv4-udp"], "the added element opens the raw path"
+        seen = nft_backend.read_back()
+        assert f"netdev set out_l4_{gen}: elements differ from table inet cordon's" in seen.details["problems"]
+        assert not seen.enforces(plan_a())
+        nft_backend.apply(plan_a())  # what the engine's reconcile does (and logs tamper_detected)
+        assert nft_backend.read_back().enforces(plan_a())
+        assert _raw_send(lab, False, ("ipv4-udp",)) == {"ipv4-udp": False, "receiver alive": True}
+    finally:
+        nft_backend.clear()
+        nft_backend.close()
