@@ -47,6 +47,14 @@ def _enforcement_row(st: dict) -> tuple[str, str]:
             else "NO: the rules in force differ from what isolation needs")
 
 
+def _channel_row(ch: dict) -> tuple[str, str]:
+    last = f"; last command {ch['last_message_at']}" if ch.get("last_message_at") else "; no command yet"
+    if ch.get("connected"):
+        return ("console channel", f"connected to {ch['server']} since {ch['since']} as {ch['agent_id']}{last}")
+    why = ch.get("problem") or (f"retrying since {ch['since']}" if ch.get("since") else "connecting")
+    return ("console channel", f"NOT connected ({', '.join(ch.get('servers') or [])}): {why}")
+
+
 def _print_status(st: dict, *, live: bool) -> None:
     pol, be, ag = st.get("policy") or {}, st.get("backend") or {}, st.get("agent") or {}
     state = (st["state"] or "UNKNOWN") + (f" ({st['mode']})" if st.get("mode") else "")
@@ -62,6 +70,8 @@ def _print_status(st: dict, *, live: bool) -> None:
     if pol.get("pending_version"):
         rows.append(("policy pending", f"{pol['pending_version']} (enforced at the next isolate)"))
     rows += [("backend", be.get("name") or "-"), _enforcement_row(st)]
+    if st.get("channel"):
+        rows.append(_channel_row(st["channel"]))
     if be.get("survives_agent_exit") is not None:
         rows.append(("survives agent exit", "yes" if be["survives_agent_exit"] else "no: enforcement depends on the live agent"))
     if live:
