@@ -8,7 +8,7 @@ import sys
 
 from agent import __version__, client
 from agent.config import Config, config_path, load_config
-from agent.errors import EXIT_FAILURE, EXIT_OK, AgentNotRunning, CordonError, FieldError, InvalidInput
+from agent.errors import EXIT_FAILURE, EXIT_OK, AgentNotRunning, CordonError, FieldError, InvalidInput, run_cli
 from agent.policy import MAX_POLICY_BYTES, parse_json, validate_policy
 from platforms.base import BackendError
 
@@ -257,24 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not hasattr(args, "config"):
         args.config = None
-    try:
-        return args.func(args)
-    except InvalidInput as exc:
-        print(f"cordon: invalid {exc.what}:", file=sys.stderr)
-        for line in exc.lines():
-            print(f"  {line}", file=sys.stderr)
-        return exc.exit_code
-    except CordonError as exc:
-        print(f"cordon: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except BackendError as exc:  # e.g. a backend that cannot run here, or a firewall refusal
-        print(f"cordon: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    except OSError as exc:  # e.g. the control socket or state dir cannot be created
-        print(f"cordon: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
-        return EXIT_FAILURE
-    except KeyboardInterrupt:
-        return 130
+    # BackendError: e.g. a backend that cannot run here, or a firewall refusal;
+    # OSError: e.g. the control socket or state dir cannot be created.
+    return run_cli("cordon", lambda: args.func(args),
+                   ((CordonError, None), (BackendError, EXIT_FAILURE), (OSError, EXIT_FAILURE)))
 
 
 if __name__ == "__main__":
