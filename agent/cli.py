@@ -9,7 +9,7 @@ import time
 
 from agent import __version__, client
 from agent.config import Config, config_path, load_config
-from agent.errors import EXIT_FAILURE, EXIT_OK, AgentNotRunning, CordonError, FieldError, InvalidInput
+from agent.errors import EXIT_FAILURE, EXIT_OK, AgentNotRunning, CordonError, FieldError, InvalidInput, run_cli
 from agent.policy import MAX_POLICY_BYTES, parse_json, validate_policy
 from platforms.base import BackendError
 
@@ -57,6 +57,14 @@ def _print_hosts(hosts: list[dict]) -> None:
             print(f"  host {h['host']} -> {', '.join(h['addresses'])} (until {h['expires']})")
 
 
+def _channel_row(ch: dict) -> tuple[str, str]:
+    last = f"; last command {ch['last_message_at']}" if ch.get("last_message_at") else "; no command yet"
+    if ch.get("connected"):
+        return ("console channel", f"connected to {ch['server']} since {ch['since']} as {ch['agent_id']}{last}")
+    why = ch.get("problem") or (f"retrying since {ch['since']}" if ch.get("since") else "connecting")
+    return ("console channel", f"NOT connected ({', '.join(ch.get('servers') or [])}): {why}")
+
+
 def _print_status(st: dict, *, live: bool) -> None:
     pol, be, ag = st.get("policy") or {}, st.get("backend") or {}, st.get("agent") or {}
     state = (st["state"] or "UNKNOWN") + (f" ({st['mode']})" if st.get("mode") else "")
@@ -72,6 +80,8 @@ def _print_status(st: dict, *, live: bool) -> None:
     if pol.get("pending_version"):
         rows.append(("policy pending", f"{pol['pending_version']} (enforced at the next isolate)"))
     rows += [("backend", be.get("name") or "-"), _enforcement_row(st)]
+    if st.get("channel"):
+        rows.append(_channel_row(st["channel"]))
     if be.get("survives_agent_exit") is not None:
         rows.append(("survives agent exit", "yes" if be["survives_agent_exit"] else "no: enforcement depends on the live agent"))
     if live:
@@ -272,24 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not hasattr(args, "config"):
         args.config = None
-    try:
-        return args.func(args)
-    except InvalidInput as exc:
-        print(f"cordon: invalid {exc.what}:", file=sys.stderr)
-        for line in exc.lines():
-            print(f"  {line}", file=sys.stderr)
-        return exc.exit_code
-    except CordonError as exc:
-        print(f"cordon: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except BackendError as exc:  # e.g. a backend that cannot run here, or a firewall refusal
-        print(f"cordon: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    except OSError as exc:  # e.g. the control socket or state dir cannot be created
-        print(f"cordon: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
-        return EXIT_FAILURE
-    except KeyboardInterrupt:
-        return 130
+    # BackendError: e.g. a backend that cannot run here, or a firewall refusal;
+    # OSError: e.g. the control socket or state dir cannot be created.
+    return run_cli("cordon", lambda: args.func(args),
+                   ((CordonError, None), (BackendError, EXIT_FAILURE), (OSError, EXIT_FAILURE)))
 
 
 if __name__ == "__main__":

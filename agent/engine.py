@@ -68,6 +68,7 @@ class Engine:
         self.backend = backend
         self.log = log
         self.health = health          # callable -> dict, e.g. the audit log's write health
+        self.channel_status = None    # callable -> dict: the console channel's state (agent/channel)
         self.state = AgentState()
         self.degraded: str | None = None  # why the stored state is not what is in force
         self.started = time.time()
@@ -252,6 +253,7 @@ class Engine:
                     "limits": detail.get("limits"),
                     "details": detail,
                 },
+                "channel": self.channel_status() if self.channel_status else None,
                 "agent": {"pid": os.getpid(), "version": __version__,
                           "uptime_s": round(time.time() - self.started, 1),
                           **({"audit_log": self.health()} if self.health else {})},

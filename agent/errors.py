@@ -91,3 +91,30 @@ def from_pydantic(exc, prefix: tuple = ()) -> list[FieldError]:
             msg = f"must hold at least {ctx.get('min_length')} item(s)" if err["type"] == "too_short" else f"must hold at most {ctx.get('max_length')} item(s)"
         errors.append(FieldError(field_path(prefix + loc), msg))
     return errors
+
+
+def run_cli(prog: str, command, failures: tuple = ()) -> int:
+    """Run one CLI command (`command()` -> exit code) and turn what it raises into the
+    §2 exit codes, with one message on stderr: InvalidInput lists its fields; each
+    `(exception types, exit code)` of `failures` prints `prog: reason` (code None: the
+    exception's own `exit_code`). Shared by `cordon` and `cordon-console`."""
+    import sys
+    try:
+        return command()
+    except InvalidInput as exc:
+        print(f"{prog}: invalid {exc.what}:", file=sys.stderr)
+        for line in exc.lines():
+            print(f"  {line}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        for types, code in failures:
+            if isinstance(exc, types):
+                if isinstance(exc, OSError) and exc.strerror:   # e.g. the control socket or state dir
+                    reason = f"{exc.strerror}: {exc.filename or ''}"
+                else:
+                    reason = str(exc)
+                print(f"{prog}: {reason}", file=sys.stderr)
+                return exc.exit_code if code is None else code
+        raise

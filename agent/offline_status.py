@@ -16,6 +16,13 @@ from platforms.base import BackendError
 NOT_RUNNING_AGENT = {"running": False, "pid": None, "version": None, "uptime_s": None}
 
 
+def _channel(config: Config) -> dict | None:
+    if getattr(config, "console", None) is None:
+        return None
+    from agent.channel import disabled_status
+    return disabled_status(config.console, "the agent is not running")
+
+
 def offline_status(config: Config) -> dict:
     store = Store(config.state_dir)
     try:
@@ -27,11 +34,11 @@ def offline_status(config: Config) -> dict:
                 "policy": {"stored_version": None, "enforced_version": None, "pending_version": None,
                            "enabled": None},
                 "backend": _unknown(config.backend, "the stored state is unreadable"),
-                "agent": dict(NOT_RUNNING_AGENT)}
+                "channel": _channel(config), "agent": dict(NOT_RUNNING_AGENT)}
     view = state_view(state, config.sensor_type)
     backend, enforced = _backend_view(config, store, state)
     view["policy"]["enforced_version"] = enforced
-    return {**view, "backend": backend, "agent": dict(NOT_RUNNING_AGENT)}
+    return {**view, "backend": backend, "channel": _channel(config), "agent": dict(NOT_RUNNING_AGENT)}
 
 
 def _unknown(name: str, reason: str, **extra) -> dict:

@@ -20,7 +20,7 @@ import sys
 from datetime import datetime, timezone
 
 from agent.channel import wire
-from agent.errors import EXIT_FAILURE, EXIT_INVALID, EXIT_NOT_PERMITTED, EXIT_OK, InvalidInput
+from agent.errors import EXIT_FAILURE, EXIT_INVALID, EXIT_NOT_PERMITTED, EXIT_OK, run_cli
 from agent.policy import MAX_POLICY_BYTES, parse_json, validate_policy
 from console.fleet_html import render_fleet
 from console.session import ConsoleError, Session
@@ -223,23 +223,12 @@ def main(argv: list[str] | None = None) -> int:
                           ("timeout", 10.0), ("expires", "24h")):
         if not hasattr(args, name):
             setattr(args, name, default)
-    try:
+
+    def command() -> int:
         if args.timeout <= 0:
             raise UsageError("--timeout: must be a positive number of seconds")
         return args.func(args)
-    except InvalidInput as exc:
-        print(f"cordon-console: invalid {exc.what}:", file=sys.stderr)
-        for line in exc.lines():
-            print(f"  {line}", file=sys.stderr)
-        return EXIT_INVALID
-    except (UsageError, wire.WireError) as exc:
-        print(f"cordon-console: {exc}", file=sys.stderr)
-        return EXIT_INVALID
-    except ConsoleError as exc:
-        print(f"cordon-console: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    except KeyboardInterrupt:
-        return 130
+    return run_cli("cordon-console", command, (((UsageError, wire.WireError), EXIT_INVALID), (ConsoleError, EXIT_FAILURE)))
 
 
 if __name__ == "__main__":

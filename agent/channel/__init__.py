@@ -1,6 +1,7 @@
 """The console channel (DESIGN §10): signed commands over NATS JetStream.
 
     channel = start(config, engine, server, log)   # None without a [console] section
+    status()["channel"]                            # connected, server, last_message_at (runner.describe)
 
 wire (format, keys, tokens) · verify (envelope checks) · replay (used ids on disk) ·
 commands (verify + apply through the engine) · settings (the [console] section) ·
@@ -26,7 +27,18 @@ def start(config, engine, server, log):
         why = str(exc)
         log.error("console_disabled", reason=why)
     server.release_gate = lambda args, actor: local_release(commands, why, args, actor)
-    if commands is None:
+    if commands is None:   # `status` says why there is no channel
+        engine.channel_status = lambda: disabled_status(config.console, why)
         return None
     from agent.channel.runner import Channel
-    return Channel(config.console, me, commands, engine, log).start()
+    channel = Channel(config.console, me, commands, engine, log)
+    engine.channel_status = channel.describe
+    return channel.start()
+
+
+def disabled_status(console, why: str) -> dict:
+    """The `channel` section of `status` when [console] is configured but not running."""
+    from agent.channel.settings import public_url
+    return {"agent_id": console.agent_id or None, "servers": [public_url(u) for u in console.servers],
+            "connected": False, "server": None, "since": None, "reconnects": 0, "last_message_at": None,
+            "problem": why}

@@ -20,6 +20,7 @@ from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from agent.channel import wire
 from agent.channel.commands import Commands
+from agent.channel.settings import public_url
 
 STATUS_EVERY_S = 30.0
 CHANGE_POLL_S = 1.0
@@ -44,7 +45,26 @@ class Channel:
         # One status write at a time: the periodic loop must not compute a document before a
         # command's apply and write it after the command's own, newer one (a stale `fleet`).
         self._status_lock: asyncio.Lock | None = None
+        # what `status` shows (describe): set in the loop's thread, read by any
         self.connected = False
+        self.server: str | None = None          # scheme://host:port connected to
+        self.since: str | None = None           # when `connected` last changed
+        self.reconnects = 0
+        self.last_message_at: str | None = None  # the last command message received
+        self._nc = None
+
+    def describe(self) -> dict:
+        """The `channel` section of `status`: is the console reachable, through which
+        server, since when, and when a command last arrived."""
+        return {"agent_id": self.agent_id, "servers": [public_url(u) for u in self.console.servers],
+                "connected": self.connected, "server": self.server if self.connected else None,
+                "since": self.since, "reconnects": self.reconnects,
+                "last_message_at": self.last_message_at, "problem": None}
+
+    def _set_connected(self, nc, up: bool) -> None:
+        url = nc.connected_url if up and nc is not None else None
+        self.server = f"{url.scheme}://{url.hostname}:{url.port}" if url is not None else None
+        self.connected, self.since = up, wire.rfc3339(wire.utcnow())
 
     # -- thread ----------------------------------------------------------------------
     def start(self) -> "Channel":
@@ -79,16 +99,16 @@ class Channel:
                 backoff = min(RETRY_S[1], backoff * 2)
                 continue
             backoff = RETRY_S[0]
-            self.connected = True
-            self.log.info("console_connected", server=nc.connected_url.netloc if nc.connected_url else None,
-                          agent_id=self.agent_id)
+            self._nc = nc
+            self._set_connected(nc, True)
+            self.log.info("console_connected", server=self.server, agent_id=self.agent_id)
             try:
                 await self._serve(nc)
             except Exception as exc:
                 self.log.error("console_channel_error", error=repr(exc))
                 await self._sleep(backoff)
             finally:
-                self.connected = False
+                self._set_connected(nc, False)
                 try:
                     await nc.close()
                 except Exception:
@@ -96,12 +116,13 @@ class Channel:
 
     def _options(self) -> dict:
         async def disconnected():
-            self.connected = False
+            self._set_connected(None, False)
             self.log.warning("console_disconnected")
 
         async def reconnected():
-            self.connected = True
-            self.log.info("console_reconnected")
+            self.reconnects += 1
+            self._set_connected(self._nc, True)
+            self.log.info("console_reconnected", server=self.server)
             self._status_now.set()
 
         async def error(exc):
@@ -163,6 +184,7 @@ class Channel:
 
     async def _one(self, nc, msg) -> None:
         seq = msg.metadata.sequence.stream
+        self.last_message_at = wire.rfc3339(wire.utcnow())
         async with self._status_lock:              # no periodic status computed across this apply
             event = await asyncio.to_thread(self.commands.handle, msg.subject, msg.data, seq)
             if event.pop("redeliver", False):      # not stored: leave it to the broker to retry

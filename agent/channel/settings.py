@@ -27,6 +27,12 @@ def parse_server(url: str) -> tuple[str, int]:
     return str(host), port
 
 
+def public_url(url: str) -> str:
+    """A server URL as status shows it: scheme://IPv4:port, nothing else (no credentials)."""
+    host, port = parse_server(url)
+    return f"{urlsplit(url).scheme}://{host}:{port}"
+
+
 class ConsoleConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 

@@ -15,8 +15,10 @@ import re
 import secrets
 from datetime import datetime, timedelta, timezone
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+# PyNaCl (libsodium) rather than `cryptography`: the agent only verifies Ed25519, and
+# libsodium costs ~2 MB of RSS where cryptography's bindings cost ~8 MB (DESIGN §10 allows either).
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
 
 VERSION = 1
 SUBJECT_PREFIX = "cordon.v1.cmd."
@@ -100,28 +102,26 @@ def _key_bytes(path: str, what: str) -> bytes:
     return _b64_32(text, f"{what} {path}")
 
 
-def load_public_key(path: str) -> Ed25519PublicKey:
-    return Ed25519PublicKey.from_public_bytes(_key_bytes(path, "console public key"))
+def load_public_key(path: str) -> VerifyKey:
+    return VerifyKey(_key_bytes(path, "console public key"))
 
 
-def load_private_key(path: str) -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.from_private_bytes(_key_bytes(path, "console key"))
+def load_private_key(path: str) -> SigningKey:
+    return SigningKey(_key_bytes(path, "console key"))
 
 
-def public_text(key: Ed25519PublicKey) -> str:
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-    return base64.b64encode(key.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
+def public_text(key: VerifyKey) -> str:
+    return base64.b64encode(bytes(key)).decode()
 
 
 def write_keypair(key_path: str, pub_path: str) -> str:
     """Create a new key pair: the seed file 0600 (never overwritten), the public key 0644."""
-    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
-    key = Ed25519PrivateKey.generate()
-    seed = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    key = SigningKey.generate()
+    seed = bytes(key)   # the 32-byte seed
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(base64.b64encode(seed).decode() + "\n")
-    pub = public_text(key.public_key())
+    pub = public_text(key.verify_key)
     with open(pub_path, "w") as f:
         f.write(pub + "\n")
     os.chmod(pub_path, 0o644)
@@ -139,13 +139,13 @@ def new_command(agent: str, action: str, args: dict, valid: timedelta, now: date
             "expires_at": rfc3339(now + valid), "action": action, "args": args}
 
 
-def sign(cmd: dict, key: Ed25519PrivateKey) -> bytes:
+def sign(cmd: dict, key: SigningKey) -> bytes:
     """The message body for `cmd`."""
-    sig = base64.b64encode(key.sign(canon(cmd))).decode()
+    sig = base64.b64encode(key.sign(canon(cmd)).signature).decode()
     return json.dumps({"cmd": cmd, "sig": sig}, separators=(",", ":")).encode("utf-8")
 
 
-def open_body(body: bytes, key: Ed25519PublicKey) -> dict:
+def open_body(body: bytes, key: VerifyKey) -> dict:
     """Parse a body and check its signature against the pinned key; return `cmd`.
     Everything after this (target, times, replay, args) is checked by the caller."""
     if len(body) > MAX_BODY_BYTES:
@@ -166,14 +166,14 @@ def open_body(body: bytes, key: Ed25519PublicKey) -> dict:
     except (binascii.Error, ValueError):
         raise WireError("sig: not base64") from None
     try:
-        key.verify(raw_sig, canon(cmd))
-    except InvalidSignature:
+        key.verify(canon(cmd), raw_sig)
+    except (BadSignatureError, ValueError):   # ValueError: not 64 bytes
         raise WireError("sig: signature does not verify with the pinned console key") from None
     return cmd
 
 
 # -- release tokens -----------------------------------------------------------------
-def make_token(agent: str, valid: timedelta, key: Ed25519PrivateKey, reason: str | None = None) -> str:
+def make_token(agent: str, valid: timedelta, key: SigningKey, reason: str | None = None) -> str:
     args = {"token": True} | ({"reason": reason} if reason else {})
     body = sign(new_command(agent, "release", args, valid), key)
     return base64.urlsafe_b64encode(body).decode().rstrip("=")

@@ -9,7 +9,7 @@ import json
 from datetime import timedelta
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from nacl.signing import SigningKey
 
 from agent.channel import wire as fmt
 from tests.integration.console_fixtures import TOPOLOGY, V1
@@ -113,4 +113,4 @@ def test_malformed_json(setup):
 
 
 def test_signed_by_a_key_that_is_not_pinned(setup):
-    _reject(setup, fmt.sign(_cmd(), Ed25519PrivateKey.generate()), "not_permitted", "signature does not verify")
+    _reject(setup, fmt.sign(_cmd(), SigningKey.generate()), "not_permitted", "signature does not verify")

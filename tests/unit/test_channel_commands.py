@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from nacl.signing import SigningKey
 
 from agent.channel import wire
 from agent.channel.commands import Commands, local_release
@@ -17,7 +17,7 @@ from agent.log import null_logger
 from agent.store import Store
 from tests.unit.memory_backend import MemoryBackend
 
-KEY = Ed25519PrivateKey.generate()
+KEY = SigningKey.generate()
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def cmds(tmp_path):
         {"address": "198.51.100.10", "protocol": "tcp", "ports": "443,4222"}]}})
     engine = Engine(cfg, Store(tmp_path), MemoryBackend(), null_logger())
     engine.start()
-    return Commands(engine, KEY.public_key(), "ep1", ReplayGuard(tmp_path), null_logger())
+    return Commands(engine, KEY.verify_key, "ep1", ReplayGuard(tmp_path), null_logger())
 
 
 def _body(agent="ep1", action="isolate", args=None, valid=timedelta(hours=1)):

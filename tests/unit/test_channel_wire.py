@@ -7,7 +7,8 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from nacl.signing import SigningKey
 
 from agent.channel import wire
 from agent.channel.replay import ReplayGuard
@@ -17,13 +18,27 @@ NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 
 
 def test_signature_is_over_the_contracts_canonical_form():
-    key = Ed25519PrivateKey.generate()
+    key = SigningKey.generate()
     cmd = wire.new_command("ep1", "isolate", {"strict": True, "reason": "é"}, timedelta(hours=1), now=NOW)
     body = json.loads(wire.sign(cmd, key))
     canon = json.dumps(cmd, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    key.public_key().verify(base64.b64decode(body["sig"]), canon)   # raises if not
+    # checked with a second implementation (cryptography), not with the one the code uses
+    Ed25519PublicKey.from_public_bytes(bytes(key.verify_key)).verify(base64.b64decode(body["sig"]), canon)
     assert cmd["issued_at"] == "2026-01-02T03:04:05Z" and cmd["expires_at"] == "2026-01-02T04:04:05Z"
-    assert wire.open_body(wire.sign(cmd, key), key.public_key()) == cmd
+    assert wire.open_body(wire.sign(cmd, key), key.verify_key) == cmd
+
+
+def test_a_body_signed_by_another_implementation_opens(tmp_path):
+    """Other tools speak the wire format: a key pair and signature made with `cryptography`."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    other = Ed25519PrivateKey.generate()
+    (tmp_path / "c.pub").write_text(base64.b64encode(other.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode())
+    cmd = wire.new_command("ep1", "release", {}, timedelta(hours=1), now=NOW)
+    canon = json.dumps(cmd, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    body = json.dumps({"cmd": cmd, "sig": base64.b64encode(other.sign(canon)).decode()}).encode()
+    assert wire.open_body(body, wire.load_public_key(str(tmp_path / "c.pub"))) == cmd
+    with pytest.raises(wire.WireError, match="does not verify"):
+        wire.open_body(body.replace(b"release", b"isolate"), wire.load_public_key(str(tmp_path / "c.pub")))
 
 
 def test_key_files_are_base64_of_32_bytes(tmp_path):
@@ -39,10 +54,10 @@ def test_key_files_are_base64_of_32_bytes(tmp_path):
 
 
 def test_token_is_base64url_of_a_signed_release():
-    key = Ed25519PrivateKey.generate()
+    key = SigningKey.generate()
     token = wire.make_token("ep1", timedelta(hours=24), key)
     assert set(token) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-    cmd = wire.open_body(wire.token_body(token), key.public_key())
+    cmd = wire.open_body(wire.token_body(token), key.verify_key)
     assert cmd["action"] == "release" and cmd["args"] == {"token": True} and cmd["agent"] == "ep1"
 
 
