@@ -159,11 +159,12 @@ class Channel:
 
     async def _one(self, nc, msg) -> None:
         seq = msg.metadata.sequence.stream
-        event = await asyncio.to_thread(self.commands.handle, msg.subject, msg.data, seq)
+        event = await asyncio.to_thread(self.commands.handle, msg.subject, msg.data, seq,
+                                        msg.metadata.num_delivered > 1)
         if event.pop("redeliver", False):          # not stored: leave it to the broker to retry
             await msg.nak(delay=REDELIVER_S)
         else:
-            await msg.ack_sync()                   # durable and applied (or rejected): done
+            await self._ack(nc, msg, event)        # durable and applied (or rejected): done
         status = event.pop("_status", None)
         if status is not None:                     # the apply's own read-back: no second one
             if await self._put_status(self._kv, status):
@@ -172,6 +173,25 @@ class Channel:
             await nc.publish(wire.event_subject(self.agent_id), json.dumps(event).encode())
         except Exception as exc:
             self.log.info("console_event_not_sent", error=repr(exc), command_id=event["id"])
+
+    async def _ack(self, nc, msg, event: dict) -> None:
+        """Ack until the broker confirms it. A cluster node lost mid-command drops the
+        connection (nats-py moves to another node) or the consumer's leader (the group
+        elects another): the same ack, sent again, lands there. Giving up would have
+        the broker redeliver after ACK_WAIT_S what is already applied (rejected then as
+        a replay), and the console would see that instead of this outcome."""
+        deadline = time.monotonic() + ACK_WAIT_S / 2
+        delay = 0.2
+        while True:
+            try:
+                await msg.ack_sync(timeout=2)
+                return
+            except Exception as exc:
+                if nc.is_closed or time.monotonic() + delay > deadline:
+                    raise
+                self.log.info("console_ack_retry", command_id=event.get("id"), error=str(exc) or repr(exc))
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
 
     # -- status ----------------------------------------------------------------------
     async def _status_loop(self, kv) -> None:
