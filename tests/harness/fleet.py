@@ -45,8 +45,9 @@ class Fabric:
         self.gw6 = FABRIC6[1]
         self.hosts: dict[str, str] = {}                    # host name -> its IPv4 address
 
-    @property
-    def capacity(self) -> int:
+    @staticmethod
+    def capacity_of() -> int:
+        """Endpoints the fabric can hold (its /24 less network, broadcast, router)."""
         return FABRIC4.num_addresses - 3
 
     def start(self) -> "Fabric":
@@ -65,7 +66,7 @@ class Fabric:
         try:
             v4 = next(self._free4)
         except StopIteration:
-            raise ValueError(f"the fabric holds at most {self.capacity} endpoints") from None
+            raise ValueError(f"the fabric holds at most {self.capacity_of()} endpoints") from None
         v6 = FABRIC6[int(v4) - int(FABRIC4.network_address) + 0x100]
         ns, router = self.lab.ns(name), self.lab.ns("router")
         netns.add(ns)
