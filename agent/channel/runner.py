@@ -26,7 +26,9 @@ CHANGE_POLL_S = 1.0
 FETCH_WAIT_S = 5.0
 RETRY_S = (0.5, 5.0)
 REDELIVER_S = 5.0  # a command that could not be stored comes back after this
-ACK_WAIT_S = 60.0  # redelivery if the agent dies between apply and ack
+ACK_WAIT_S = 15.0  # redelivery if the agent dies between apply and ack, or a delivery is lost
+                   # with a cluster node; a longer apply keeps its message with +WPI (in_progress)
+ACK_RETRY_S = 30.0  # how long a lost ack is sent again before the channel reconnects
 
 
 def durable_name(agent_id: str, broadcast: bool) -> str:
@@ -159,8 +161,14 @@ class Channel:
 
     async def _one(self, nc, msg) -> None:
         seq = msg.metadata.sequence.stream
-        event = await asyncio.to_thread(self.commands.handle, msg.subject, msg.data, seq,
-                                        msg.metadata.num_delivered > 1)
+        work = asyncio.ensure_future(asyncio.to_thread(self.commands.handle, msg.subject, msg.data, seq,
+                                                       msg.metadata.num_delivered > 1))
+        while not (await asyncio.wait({work}, timeout=ACK_WAIT_S / 3))[0]:
+            try:                                   # still applying: not to be redelivered meanwhile
+                await msg.in_progress()
+            except Exception:
+                pass
+        event = work.result()
         if event.pop("redeliver", False):          # not stored: leave it to the broker to retry
             await msg.nak(delay=REDELIVER_S)
         else:
@@ -178,9 +186,9 @@ class Channel:
         """Ack until the broker confirms it. A cluster node lost mid-command drops the
         connection (nats-py moves to another node) or the consumer's leader (the group
         elects another): the same ack, sent again, lands there. Giving up would have
-        the broker redeliver after ACK_WAIT_S what is already applied (rejected then as
-        a replay), and the console would see that instead of this outcome."""
-        deadline = time.monotonic() + ACK_WAIT_S / 2
+        the broker redeliver what is already applied (answered then as a duplicate).
+        Past ACK_RETRY_S the error goes up and the channel reconnects."""
+        deadline = time.monotonic() + ACK_RETRY_S
         delay = 0.2
         while True:
             try:

@@ -192,6 +192,13 @@ def fault_run(fleet: Fleet) -> dict:
         f"per agent p50 {pct(c['lat_ms'], 50):.0f} ms, p99 {pct(c['lat_ms'], 99):.0f} ms; "
         f"{len(c['lat_ms'])}/{len(fleet.agents)} result events; applied != once: {twice}; "
         f"redelivered (answered as duplicate): {redelivered}; {loadavg()}")
+    evs = fleet.w.events_for(c["cid"], fleet.ids, timeout=0)
+    if evs:   # what the slowest agent's channel went through (its audit log)
+        slow_id = max(evs, key=lambda a: evs[a]["_at"])
+        slow = fleet.agents[fleet.ids.index(slow_id)]
+        trail = [f"{e.get('ts', '')[11:23]} {e['event']} {e.get('error', e.get('server', ''))}"[:160]
+                 for e in slow.audit_events() if e["event"].startswith("console_")]
+        say(f"fault: slowest {slow_id}, its channel: " + "; ".join(trail[-12:]))
     fleet.cluster.restart(victim)
     fleet.cluster.ready()
     r = fleet.command("release", "all", expect=is_state("normal"))
