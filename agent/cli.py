@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from agent import __version__, client
 from agent.config import Config, config_path, load_config
@@ -47,6 +48,15 @@ def _enforcement_row(st: dict) -> tuple[str, str]:
             else "NO: the rules in force differ from what isolation needs")
 
 
+def _print_hosts(hosts: list[dict]) -> None:
+    """names → addresses → expiry (DESIGN §11)."""
+    for h in hosts:
+        if h["error"]:
+            print(f"  host {h['host']} -> nothing ({h['error']})")
+        else:
+            print(f"  host {h['host']} -> {', '.join(h['addresses'])} (until {h['expires']})")
+
+
 def _print_status(st: dict, *, live: bool) -> None:
     pol, be, ag = st.get("policy") or {}, st.get("backend") or {}, st.get("agent") or {}
     state = (st["state"] or "UNKNOWN") + (f" ({st['mode']})" if st.get("mode") else "")
@@ -73,6 +83,12 @@ def _print_status(st: dict, *, live: bool) -> None:
         ]
     else:
         rows.append(("agent", "NOT RUNNING (showing the stored state)"))
+    ex = st.get("exceptions") or {}
+    rows += [("host exception", f"{h['host']} -> " + (f"nothing ({h['error']})" if h["error"] else
+                                                      f"{', '.join(h['addresses'])} until {h['expires']}"))
+             for h in ex.get("hosts", [])]
+    rows += [("expiring", f"{x['exception']} at {x['expires_at']}" + (" (expired)" if x["expired"] else ""))
+             for x in ex.get("expiring", [])]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
@@ -143,16 +159,21 @@ def cmd_policy_show(args) -> int:
         for direction in ("inbound", "outbound"):
             for e in p[direction]:
                 flag = "" if e["active"] else "  (inactive)"
-                print(f"  {direction:<8} {e['protocol']:<4} {e['address']:<18} ports {e['ports']:<15} {e['name'] or ''}{flag}")
+                peer = e.get("address") or e.get("host")
+                until = f"  until {e['expires_at']}" if e.get("expires_at") else ""
+                print(f"  {direction:<8} {e['protocol']:<4} {peer:<18} ports {e['ports']:<15} {e['name'] or ''}{flag}{until}")
+        _print_hosts(shown.get("hosts") or [])
     return EXIT_OK
 
 
 def cmd_policy_validate(args) -> int:
-    max_per_direction = 50
-    if args.config:  # the limit comes from the config when one is named; no agent needed
-        max_per_direction = _config(args).exceptions.max_per_direction
-    try:
-        policy = validate_policy(_read_policy_file(args.file), max_per_direction=max_per_direction)
+    max_per_direction, dns_servers = 50, None
+    if args.config:  # the limits come from the config when one is named; no agent needed
+        config = _config(args)
+        max_per_direction, dns_servers = config.exceptions.max_per_direction, config.vendor.dns_servers
+    try:  # as `policy set` would judge it now: an expires_at in the past is refused
+        policy = validate_policy(_read_policy_file(args.file), max_per_direction=max_per_direction,
+                                 now=time.time(), dns_servers=dns_servers)
     except InvalidInput as exc:
         exc.what = f"policy {args.file}"
         raise
@@ -175,7 +196,11 @@ def cmd_rules(args) -> int:
         except InvalidInput as exc:
             exc.what = f"policy {args.policy}"
             raise
-    plan = compile_plan(config, policy, "strict" if args.strict else "standard")
+    hosts = {}
+    if policy is not None and policy.enabled and not args.strict and policy.hosts():
+        from agent.resolve import HostTable  # host exceptions: what they resolve to now
+        hosts = HostTable(config.vendor.dns_servers, config.exceptions.min_host_ttl).update(policy.hosts())
+    plan = compile_plan(config, policy, "strict" if args.strict else "standard", hosts, now=time.time())
     name = args.backend or config.backend
     print(backend_class(name, check_support=False)(state_dir=None).render(plan), end="")
     return EXIT_OK

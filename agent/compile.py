@@ -3,22 +3,33 @@ from __future__ import annotations
 
 from agent.config import Config
 from agent.fields import port_ranges
-from platforms.plan import DNS_PORT, Flow, Mode, Plan, PortRange
+from platforms.plan import DNS_PORT, Flow, HostAddresses, Mode, Plan, PortRange
 from agent.policy import Policy
 
 _DIRECTIONS = {"outbound": "out", "inbound": "in"}
 
 
-def _flows(direction: str, protocol: str, address: str, ports: str, origin: str, name: str) -> list[Flow]:
+def _flows(direction: str, protocol: str, address: str, ports: str, origin: str, name: str,
+           host: str = "", expires: float | None = None) -> list[Flow]:
     network = address if "/" in address else f"{address}/32"
     ranges = port_ranges(ports)
     # "any" protocol with a port list means those ports over tcp and udp; backends
     # never see "any" together with ports.
     protocols = ("tcp", "udp") if protocol == "any" and ranges else (protocol,)
-    return [Flow(direction, p, network, ranges, origin, name) for p in protocols]  # type: ignore[arg-type]
+    return [Flow(direction, p, network, ranges, origin, name, host, expires) for p in protocols]  # type: ignore[arg-type]
 
 
-def compile_plan(config: Config, policy: Policy | None, mode: Mode) -> Plan:
+def _earliest(*times: float | None) -> float | None:
+    known = [t for t in times if t is not None]
+    return min(known) if known else None
+
+
+def compile_plan(config: Config, policy: Policy | None, mode: Mode,
+                 hosts: dict[str, HostAddresses] | None = None, now: float | None = None) -> Plan:
+    """`hosts`: the current answer per DNS name of the policy's host exceptions (a name
+    without one allows nothing); `now`: exceptions whose expires_at is not after it are
+    left out (None: all are kept, as for `cordon rules`)."""
+    hosts = hosts or {}
     flows: list[Flow] = []
     for ep in config.vendor.endpoints:
         flows += _flows("out", ep.protocol, ep.address, ep.ports, "vendor", ep.name or f"vendor {ep.address}")
@@ -26,16 +37,41 @@ def compile_plan(config: Config, policy: Policy | None, mode: Mode) -> Plan:
         for proto in ("udp", "tcp"):
             flows.append(Flow("out", proto, f"{server}/32", (PortRange(DNS_PORT, DNS_PORT),), "dns", f"dns {server}"))
     use_exceptions = mode == "standard" and policy is not None and policy.enabled
+    shown: dict[str, HostAddresses] = {}
     if use_exceptions:
         for list_name, direction in _DIRECTIONS.items():
             for entry in policy.active(list_name):
-                flows += _flows(direction, entry.protocol, entry.address, entry.ports, "exception", entry.label(list_name))
-    return Plan(
+                ends = entry.expires_epoch()
+                if now is not None and ends is not None and ends <= now:
+                    continue  # expired: no longer enforced
+                label = entry.label(list_name)
+                if entry.host is None:
+                    flows += _flows(direction, entry.protocol, entry.address, entry.ports, "exception", label,
+                                    expires=ends)
+                    continue
+                answer = hosts.get(entry.host) or HostAddresses(entry.host, error="not resolved yet")
+                shown[entry.host] = answer
+                for address in answer.addresses:
+                    flows += _flows(direction, entry.protocol, address, entry.ports, "exception", label,
+                                    entry.host, _earliest(ends, answer.expires))
+    plan = Plan(
         mode=mode,
-        flows=tuple(sorted(set(flows))),
+        flows=_merged(flows),
         dhcp=config.vendor.dhcp,
         policy_version=policy.version if (policy is not None and mode == "standard") else None,
+        hosts=tuple(shown[h] for h in sorted(shown)),
     )
+    return plan if now is None else plan.lapsed(now)  # an answer's TTL may have run out
+
+
+def _merged(flows: list[Flow]) -> tuple[Flow, ...]:
+    """Sorted and without duplicates; of equal flows the one that lasts longest stays."""
+    best: dict[Flow, Flow] = {}
+    for f in flows:
+        kept = best.get(f)
+        if kept is None or (kept.expires is not None and (f.expires is None or f.expires > kept.expires)):
+            best[f] = f
+    return tuple(best[f] for f in sorted(best))
 
 
 def check_enforceable(config: Config, backend: str | None = None) -> None:

@@ -46,6 +46,9 @@ class ExceptionsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     max_per_direction: Annotated[StrictInt, Field(ge=1, le=10_000)] = 50
+    # DESIGN §11 clamps a host exception's DNS TTL to 30 s - 1 h; the lower bound can be
+    # lowered (never below 1 s) where a test or a lab needs answers that change quickly.
+    min_host_ttl: Annotated[StrictInt, Field(ge=1, le=3600)] = 30
 
 
 class Config(BaseModel):

@@ -13,6 +13,7 @@ from agent.config import Config
 from agent.engine import Engine
 from agent.errors import ApplyFailed
 from agent.log import RateLimited, audit_log_path, configure, reopen_audit_log
+from agent.refresher import Refresher
 from agent.server import ControlServer
 from agent.store import Store
 from platforms import backend_class
@@ -139,6 +140,7 @@ def run(config: Config) -> int:
              state=engine.state.state, mode=engine.state.mode)
     notifier.update(engine, problem=start_problem)  # READY=1 only if the start enforced the state
     threading.Thread(target=watch, args=(engine, stop, log, notifier), name="watch", daemon=True).start()
+    threading.Thread(target=Refresher(engine).loop, args=(stop,), name="refresh", daemon=True).start()
     while not stop.wait(3600):
         pass
     sd_notify("STOPPING=1")

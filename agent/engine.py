@@ -25,10 +25,13 @@ from agent.config import Config
 from agent.errors import ApplyFailed, FieldError, InvalidInput
 from platforms.plan import Mode, Plan
 from agent.policy import validate_policy
+from agent import hostx
+from agent.resolve import HostTable
 from agent.store import AgentState, StateCorrupt, Store, now_iso
 from platforms.base import Backend, BackendError, BackendUnavailable, ReadBack
 
 MAX_REASON = 256
+LAPSE_SLACK_S = 2.0  # a kernel timeout and the agent's clock may disagree by this much
 
 
 def check_reason(reason: str | None) -> str | None:
@@ -69,6 +72,8 @@ class Engine:
         self.degraded: str | None = None  # why the stored state is not what is in force
         self.started = time.time()
         self._lock = threading.RLock()
+        self.hosts = HostTable(config.vendor.dns_servers, config.exceptions.min_host_ttl)
+        self.wake = threading.Event()   # set on every change: the refresh loop re-plans its wait
 
     # -- life cycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -152,7 +157,8 @@ class Engine:
         with self._lock:
             was = self.state
             policy = validate_policy(doc, max_per_direction=self.config.exceptions.max_per_direction,
-                                     stored_version=was.stored_version)
+                                     stored_version=was.stored_version, now=time.time(),
+                                     dns_servers=self.config.vendor.dns_servers)
             live = was.state == "isolated" and self.config.sensor_type == "endpoint_sensor"
             update = {"stored_policy": policy}
             if live:
@@ -179,6 +185,8 @@ class Engine:
             seen = self.backend.read_back()
             if seen.enforces(plan):
                 return False
+            if plan is not None and hostx.lapsing(seen, plan, LAPSE_SLACK_S):
+                return False  # a kernel timeout ran out a moment before ours: the refresh loop syncs
             self.log.warning("tamper_detected", expected=plan.digest() if plan else None,
                              found=seen.digest, present=seen.present)
             ms = self._enforce_best()
@@ -194,7 +202,20 @@ class Engine:
     def _plan_for(self, s: AgentState) -> Plan | None:
         if s.state != "isolated":
             return None
-        return compile_plan(self.config, s.isolation_policy, s.mode or "strict")
+        return compile_plan(self.config, s.isolation_policy, s.mode or "strict", self.hosts.current(),
+                            now=time.time())
+
+    def _resolve_for(self, s: AgentState) -> None:
+        """Before a plan with host exceptions is built: answers for its names."""
+        for host, answer in self.hosts.update(hostx.names_of(s), only=()).items():
+            self.log.info("host_resolved", host=host, addresses=list(answer.addresses), ttl=answer.ttl,
+                          error=answer.error)
+
+    def exceptions_view(self, plan: Plan | None = None) -> dict:
+        """DESIGN §11: each name's current addresses and their expiry; the expires_at."""
+        with self._lock:
+            plan = plan or self.desired_plan()
+            return {"hosts": hostx.hosts_view(plan), "expiring": hostx.expiring_view(self.state)}
 
     def status(self, seen: ReadBack | None = None) -> dict:
         """`seen`: a read-back just made by the caller, so the firewall is not read twice."""
@@ -213,6 +234,8 @@ class Engine:
                 probes = [{"name": "probe", "present": False, "evidence": str(exc)}]
             view = state_view(s, self.config.sensor_type)
             view["policy"]["enforced_version"] = self._enforced_version() if enforcing else None
+            # DESIGN §11: each name's current addresses and their expiry; expires_at
+            view["exceptions"] = self.exceptions_view(plan)
             return {
                 **view,
                 "degraded": self.degraded,
@@ -246,6 +269,7 @@ class Engine:
         then commit the state. Any failure: nothing stored, the old rules put back."""
         old_plan = self.desired_plan()
         try:
+            self._resolve_for(new)
             plan = self._plan_for(new)
         except Exception as exc:
             raise ApplyFailed(f"cannot build the rules for this change: {_reason(exc)}") from exc
@@ -270,6 +294,7 @@ class Engine:
         self.state = new
         if apply:
             self.degraded = None
+        self.wake.set()
         return ms, seen
 
     def _put_back(self, plan: Plan | None) -> None:
@@ -287,6 +312,10 @@ class Engine:
         if s.state == "isolated" and s.mode != "strict":
             candidates.append(s.model_copy(update={"mode": "strict"}))
         failure = None
+        try:
+            self._resolve_for(s)
+        except Exception as exc:  # resolving failed as a whole: the names allow nothing
+            self.log.error("resolve_failed", error=repr(exc))
         for i, candidate in enumerate(candidates):
             try:
                 ms, _ = self._apply(self._plan_for(candidate))

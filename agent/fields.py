@@ -137,3 +137,78 @@ Address = Annotated[str, BeforeValidator(parse_address)]
 HostAddress = Annotated[str, BeforeValidator(lambda v: parse_address(v, allow_cidr=False))]
 Ports = Annotated[str, BeforeValidator(parse_ports)]
 Name = Annotated[str, BeforeValidator(parse_name)]
+
+
+MAX_HOST_CHARS = 253
+_LDH_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def parse_host(value: object) -> str:
+    """A DNS name for a `host` exception (DESIGN §11): LDH labels of 1-63 characters, at
+    most 253 characters, at least two labels, no wildcards, not an IP address → lower-case,
+    without a trailing dot."""
+    if not isinstance(value, str):
+        raise ValueError("must be a string holding a DNS name")
+    if not value:
+        raise ValueError("must not be empty")
+    if any(c.isspace() for c in value):
+        raise ValueError("must not contain whitespace")
+    name = value[:-1] if value.endswith(".") else value
+    if len(name) > MAX_HOST_CHARS:
+        raise ValueError(f"is {len(name)} characters long; a DNS name has at most {MAX_HOST_CHARS}")
+    if "*" in name:
+        raise ValueError("wildcards are not allowed: name one host")
+    if not name.isascii():
+        raise ValueError("must be ASCII (letters, digits, hyphens); write an internationalised name in its xn-- form")
+    labels = name.lower().split(".")
+    if len(labels) < 2:
+        raise ValueError(f"{value!r} is not a fully qualified name (at least two labels, e.g. rmm.example.com)")
+    for i, label in enumerate(labels):
+        if not label:
+            raise ValueError(f"label {i + 1} is empty (two dots in a row, or a leading dot)")
+        if len(label) > 63:
+            raise ValueError(f"label {i + 1} is {len(label)} characters long; at most 63")
+        if not _LDH_LABEL.fullmatch(label):
+            raise ValueError(f"label {label!r} must be letters, digits and hyphens, not starting or ending with a hyphen")
+    if labels[-1].isdigit():
+        raise ValueError(f"{value!r} looks like an IP address: use \"address\" for addresses")
+    return ".".join(labels)
+
+
+_RFC3339_UTC = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]{1,6})?(Z|z|\+00:00)")
+
+
+def parse_expires_at(value: object) -> str:
+    """RFC 3339 time in UTC ('2026-12-02T15:00:00Z', '+00:00' also accepted) → canonical
+    'YYYY-MM-DDTHH:MM:SS[.ffffff]Z'. Other offsets are refused so that nobody has to
+    guess which clock an expiry means."""
+    import datetime
+    if not isinstance(value, str):
+        raise ValueError("must be a string holding an RFC 3339 UTC time, e.g. \"2026-12-02T15:00:00Z\"")
+    m = _RFC3339_UTC.fullmatch(value)
+    if not m:
+        raise ValueError(f"{value[:40]!r} is not an RFC 3339 time in UTC (e.g. \"2026-12-02T15:00:00Z\")")
+    try:
+        when = datetime.datetime(*(int(m.group(i)) for i in range(1, 7)),
+                                 microsecond=int((m.group(7) or ".0")[1:].ljust(6, "0")),
+                                 tzinfo=datetime.timezone.utc)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a real time: {exc}") from None
+    return format_utc(when.timestamp())
+
+
+def format_utc(epoch: float) -> str:
+    import datetime
+    when = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%S") + (f".{when.microsecond:06d}" if when.microsecond else "") + "Z"
+
+
+def utc_epoch(canonical: str) -> float:
+    """Canonical expires_at → seconds since the epoch."""
+    import datetime
+    return datetime.datetime.strptime(canonical.replace("Z", "+0000"),
+                                      "%Y-%m-%dT%H:%M:%S.%f%z" if "." in canonical else "%Y-%m-%dT%H:%M:%S%z").timestamp()
+
+
+Host = Annotated[str, BeforeValidator(parse_host)]
+ExpiresAt = Annotated[str, BeforeValidator(parse_expires_at)]

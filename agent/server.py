@@ -151,7 +151,8 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         if cmd == "policy_show":
             s = e.state
             return {"stored": s.stored_policy.to_json() if s.stored_policy else None,
-                    "isolation": s.isolation_policy.to_json() if s.isolation_policy else None}
+                    "isolation": s.isolation_policy.to_json() if s.isolation_policy else None,
+                    **e.exceptions_view()}
         if cmd == "isolate":
             strict = args.get("strict", False)
             return e.isolate("strict" if strict else "standard", args.get("reason"), actor)

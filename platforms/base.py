@@ -113,6 +113,15 @@ class Backend(abc.ABC):
         """Make `plan` the only thing in force, in one atomic step: either all of it is
         in force afterwards or the previous state is. Raise BackendError on failure."""
 
+    def refresh(self, plan: Plan) -> None:
+        """Like apply, for a plan that differs from the one in force only in which
+        addresses host exceptions resolve to and when flows expire (DESIGN §11). A
+        backend that can changes set elements only (and renews their timeouts); the
+        default, for backends without timeouts, applies the whole plan when what it
+        allows differs from what is in force."""
+        if not self.read_back().enforces(plan):
+            self.apply(plan)
+
     @abc.abstractmethod
     def clear(self) -> None:
         """Remove everything Cordon installed. Idempotent."""

@@ -13,7 +13,8 @@ import functools
 import hashlib
 import ipaddress
 import json
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 Direction = Literal["out", "in"]
@@ -58,6 +59,11 @@ class Flow:
     ports: tuple[PortRange, ...] = ()
     origin: Origin = "exception"
     name: str = ""
+    host: str = ""   # the DNS name this flow's address was resolved from (DESIGN §11), or ""
+    # When the flow stops (seconds since the epoch): its exception's expires_at or the
+    # TTL of the DNS answer behind it, whichever is first; None = while the plan holds.
+    # Backends with kernel timeouts install it there, so it lapses even if the agent dies.
+    expires: float | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         ipaddress.ip_network(self.network)  # raises on nonsense
@@ -70,6 +76,18 @@ class Flow:
 
 
 @dataclass(frozen=True)
+class HostAddresses:
+    """What one DNS name of a host exception resolved to, as the agent last saw it:
+    at most 16 IPv4 addresses valid until `expires`, or `error` and no addresses."""
+
+    host: str
+    addresses: tuple[str, ...] = ()
+    expires: float | None = None
+    error: str | None = None
+    ttl: int | None = None
+
+
+@dataclass(frozen=True)
 class Plan:
     """What is allowed while isolated. Loopback is always allowed; all else is dropped,
     IPv4 and IPv6, on the input, output and forward paths."""
@@ -78,6 +96,7 @@ class Plan:
     flows: tuple[Flow, ...]
     dhcp: bool = True
     policy_version: int | None = None  # the policy whose exceptions are in this plan
+    hosts: tuple[HostAddresses, ...] = ()  # the host exceptions' names, for display
 
     def by_origin(self, origin: Origin) -> tuple[Flow, ...]:
         return tuple(f for f in self.flows if f.origin == origin)
@@ -106,8 +125,43 @@ class Plan:
         """Inverse of to_json (for processes that receive a plan, e.g. test helpers)."""
         flows = tuple(Flow(f["direction"], f["protocol"], f["network"],
                            tuple(PortRange(p["first"], p["last"]) for p in f["ports"]),
-                           f["origin"], f["name"]) for f in d["flows"])
-        return cls(d["mode"], flows, d["dhcp"], d["policy_version"])
+                           f["origin"], f["name"], f.get("host", ""), f.get("expires")) for f in d["flows"])
+        hosts = tuple(HostAddresses(h["host"], tuple(h["addresses"]), h["expires"], h["error"], h.get("ttl"))
+                      for h in d.get("hosts", ()))
+        return cls(d["mode"], flows, d["dhcp"], d["policy_version"], hosts)
+
+    def timed_atoms(self) -> dict[tuple[str, str, str, int, int], float | None]:
+        """atoms() with when each stops: the latest expiry of the flows behind it, None
+        (never) if any of them has none."""
+        out: dict = {}
+        for f in self.flows:
+            for p in f.ports or (None,):
+                atom = (f.direction, f.protocol, f.network, p.first if p else 0, p.last if p else 0)
+                if atom in out and (out[atom] is None or f.expires is None):
+                    out[atom] = None
+                else:
+                    out[atom] = f.expires if atom not in out else max(out[atom], f.expires)
+        return out
+
+    def host_lines(self) -> list[str]:
+        """'host NAME -> addresses (until TIME, TTL N s)' per host exception, for the
+        text a backend renders (`cordon rules`)."""
+        out = []
+        for h in self.hosts:
+            if h.error or h.expires is None:
+                out.append(f"host {h.host} -> nothing ({h.error or 'not resolved'})")
+            else:
+                until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(h.expires))
+                out.append(f"host {h.host} -> {', '.join(h.addresses)} (until {until}, TTL {h.ttl} s)")
+        return out
+
+    def next_expiry(self) -> float | None:
+        times = [f.expires for f in self.flows if f.expires is not None]
+        return min(times) if times else None
+
+    def lapsed(self, at: float) -> "Plan":
+        """This plan as it stands at time `at`: the flows that expire by then removed."""
+        return replace(self, flows=tuple(f for f in self.flows if f.expires is None or f.expires > at))
 
     def atoms(self) -> frozenset[tuple[str, str, str, int, int]]:
         """What the plan allows, as (direction, protocol, network, first, last) atoms;

@@ -43,6 +43,9 @@ class Channel:
         self._thread = threading.Thread(target=self._run, name="console", daemon=True)
         self._status_now: asyncio.Event | None = None
         self._reported = None   # the engine state last written to the status bucket
+        # One status write at a time: the periodic loop must not compute a document before a
+        # command's apply and write it after the command's own, newer one (a stale `fleet`).
+        self._status_lock: asyncio.Lock | None = None
         self.connected = False
 
     # -- thread ----------------------------------------------------------------------
@@ -65,6 +68,7 @@ class Channel:
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._stop, self._status_now = asyncio.Event(), asyncio.Event()
+        self._status_lock = asyncio.Lock()
         backoff = RETRY_S[0]
         while not self._stop.is_set():
             try:
@@ -161,22 +165,23 @@ class Channel:
 
     async def _one(self, nc, msg) -> None:
         seq = msg.metadata.sequence.stream
-        work = asyncio.ensure_future(asyncio.to_thread(self.commands.handle, msg.subject, msg.data, seq,
-                                                       msg.metadata.num_delivered > 1))
-        while not (await asyncio.wait({work}, timeout=ACK_WAIT_S / 3))[0]:
-            try:                                   # still applying: not to be redelivered meanwhile
-                await msg.in_progress()
-            except Exception:
-                pass
-        event = work.result()
-        if event.pop("redeliver", False):          # not stored: leave it to the broker to retry
-            await msg.nak(delay=REDELIVER_S)
-        else:
-            await self._ack(nc, msg, event)        # durable and applied (or rejected): done
-        status = event.pop("_status", None)
-        if status is not None:                     # the apply's own read-back: no second one
-            if await self._put_status(self._kv, status):
-                self._reported = self.engine.state
+        async with self._status_lock:              # no periodic status computed across this apply
+            work = asyncio.ensure_future(asyncio.to_thread(self.commands.handle, msg.subject, msg.data, seq,
+                                                           msg.metadata.num_delivered > 1))
+            while not (await asyncio.wait({work}, timeout=ACK_WAIT_S / 3))[0]:
+                try:                               # still applying: not to be redelivered meanwhile
+                    await msg.in_progress()
+                except Exception:
+                    pass
+            event = work.result()
+            if event.pop("redeliver", False):      # not stored: leave it to the broker to retry
+                await msg.nak(delay=REDELIVER_S)
+            else:
+                await self._ack(nc, msg, event)    # durable and applied (or rejected): done
+            status = event.pop("_status", None)
+            if status is not None:                 # the apply's own read-back: no second one
+                if await self._put_status(self._kv, status):
+                    self._reported = self.engine.state
         try:
             await nc.publish(wire.event_subject(self.agent_id), json.dumps(event).encode())
         except Exception as exc:
@@ -209,8 +214,10 @@ class Channel:
             due = time.monotonic() - last_put >= STATUS_EVERY_S
             if state is not self._reported or due or self._status_now.is_set():
                 self._status_now.clear()
-                if await self._put_status(kv):
-                    self._reported, last_put = state, time.monotonic()
+                async with self._status_lock:
+                    state = self.engine.state
+                    if await self._put_status(kv):
+                        self._reported, last_put = state, time.monotonic()
             try:
                 await asyncio.wait_for(self._status_now.wait(), CHANGE_POLL_S)
             except asyncio.TimeoutError:

@@ -7,6 +7,7 @@ setting the owner flag again in the batch that re-applies its plan.
 """
 from __future__ import annotations
 
+import math
 import select
 import time
 
@@ -42,6 +43,7 @@ class NftablesBackend(Backend):
         self._events: NftSocket | None = None
         self._links: LinkWatcher | None = None
         self._plan: Plan | None = None
+        self._ruleset = None   # build(self._plan), with the expiries its elements were given
         self._table_flags: int | None = None  # from the persist probe, at the first apply
 
     @classmethod
@@ -52,7 +54,8 @@ class NftablesBackend(Backend):
 
     def render(self, plan: Plan) -> str:
         rs = build(plan)
-        return render_text(rs) + netdev.render_text(rs, list_devices(self.netns))
+        hosts = "".join(f"# {line}\n" for line in plan.host_lines())
+        return hosts + render_text(rs) + netdev.render_text(rs, list_devices(self.netns))
 
     def apply(self, plan: Plan) -> None:
         """A first isolation is one batch that creates the table. An update is one batch
@@ -71,7 +74,49 @@ class NftablesBackend(Backend):
             self._update(sock, ruleset, state.gen)
         else:
             self._create(sock, ruleset, state)
-        self._plan = plan
+        self._plan, self._ruleset = plan, ruleset
+
+    def refresh(self, plan: Plan) -> None:
+        """Host addresses and expiries changed (DESIGN §11): one batch of set element
+        changes in the sets in force, inet and netdev alike; no chain or rule is touched.
+        An element whose expiry moved is deleted and added again with its new timeout in
+        the same batch. Anything unexpected (no table of ours, a set element that already
+        lapsed) falls back to apply()."""
+        old, sock = self._ruleset, self._socket()
+        state = readback.table_state(sock)
+        new = build(plan)
+        if (old is None or new.dhcp != old.dhcp or not state.present or state.shape_problems
+                or state.owner not in (None, sock.portid)):
+            return self.apply(plan)
+        update = next((p.present for p in self.probe() if p.name == probes.TIMEOUT_UPDATE), False)
+        msgs = self._element_diff_msgs(old, new, state.gen, update)
+        if msgs and self._netdev_present(sock):
+            msgs += [(kind, fl, body, netdev.NFPROTO_NETDEV) for kind, fl, body in msgs]
+        if msgs:
+            try:
+                sock.batch(msgs)
+            except BackendError:
+                return self.apply(plan)
+        self._plan, self._ruleset = plan, new
+
+    @staticmethod
+    def _element_diff_msgs(old, new, gen: str, timeout_update: bool = False) -> list:
+        """Deletes, then adds. An element whose expiry moved is added again with its new
+        timeout, deleted first unless the kernel updates a timeout in place (probed). An
+        element whose timeout has run out is not deleted: the kernel has dropped it
+        (deleting it would fail the batch with ENOENT)."""
+        dels, adds, now = [], [], time.time()
+        for name in SET_FIELDS:
+            before, after = set(old.elements.get(name, ())), set(new.elements.get(name, ()))
+            old_t, new_t = old.expires.get(name, {}), new.expires.get(name, {})
+            moved = {el for el in before & after if old_t.get(el) != new_t.get(el)}
+            in_place = {el for el in moved if timeout_update and el in old_t and el in new_t}
+            gone = sorted(el for el in (before - after) | (moved - in_place) if old_t.get(el, math.inf) > now)
+            came = sorted((after - before) | moved)
+            dels += [("DELSETELEM", 0, body) for body in w.setelem_bodies(name, gone, gen)] if gone else []
+            adds += [("NEWSETELEM", w.NLM_F_CREATE, body)
+                     for body in w.setelem_bodies(name, came, gen, new.timeouts_ms(name))] if came else []
+        return dels + adds
 
     def _create(self, sock: NftSocket, rs, state) -> None:
         """A table that is not the shape Cordon installs is replaced in one batch. A first
@@ -103,6 +148,7 @@ class NftablesBackend(Backend):
 
     def _run_probes(self):
         yield probes.probe_persist(self._socket())
+        yield probes.probe_timeout_update(self._socket())
 
     def _flags(self) -> int:
         """owner|persist where the probe found them; else none at all, because an
@@ -146,7 +192,7 @@ class NftablesBackend(Backend):
             msgs.append(("DELTABLE", 0, w.table_body()))
         if msgs:
             sock.batch(msgs)
-        self._plan = None
+        self._plan = self._ruleset = None
 
     def read_back(self) -> ReadBack:
         sock = self._socket()
@@ -267,7 +313,7 @@ class NftablesBackend(Backend):
     @staticmethod
     def _element_msgs(rs, gen: str) -> list:
         return [("NEWSETELEM", w.NLM_F_CREATE, body) for name, items in rs.elements.items()
-                for body in w.setelem_bodies(name, items, gen)]
+                for body in w.setelem_bodies(name, items, gen, rs.timeouts_ms(name))]
 
     @staticmethod
     def _rule_msgs(rs, gen: str) -> list:

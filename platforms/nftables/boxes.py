@@ -76,3 +76,59 @@ def _split(group: list[Box]) -> list[Box]:
         else:
             slices.append((lo, hi, bs))
     return [(lo, hi, b0, b1) for lo, hi, bs in slices for b0, b1 in bs]
+
+
+NEVER = float("inf")
+
+
+def disjoint_timed(items) -> list[tuple[Box, float | None]]:
+    """`disjoint` for boxes that stop at a time: items are (box, expires or None for
+    never). Every point of the union comes out in exactly one box, which lasts as long
+    as the longest-lasting input box covering it, so an element's kernel timeout never
+    cuts short a flow that another, longer one also allows."""
+    label: dict[Box, float] = {}
+    for box, expires in items:
+        lab = NEVER if expires is None else expires
+        label[box] = max(label.get(box, -NEVER), lab)
+    boxes = sorted(label)
+    if all(x[1] < y[0] for x, y in zip(boxes, boxes[1:])):
+        groups = [[b] for b in boxes]
+    else:
+        groups = _overlap_groups(boxes)
+    out: list[tuple[Box, float]] = []
+    for group in groups:
+        out.extend([(group[0], label[group[0]])] if len(group) == 1 else _split_timed(group, label))
+    return sorted((box, None if lab == NEVER else lab) for box, lab in out)
+
+
+def _split_timed(group: list[Box], label: dict[Box, float]) -> list[tuple[Box, float]]:
+    """As _split, with each b-segment labelled by the latest expiry covering it."""
+    cuts = sorted({b[0] for b in group} | {b[1] + 1 for b in group})
+    slices: list[tuple[int, int, tuple]] = []
+    for lo, nxt in zip(cuts, cuts[1:]):
+        hi = nxt - 1
+        covering = [(b[2], b[3], label[b]) for b in group if b[0] <= lo and hi <= b[1]]
+        if not covering:
+            continue
+        segs = _latest_segments(covering)
+        if slices and slices[-1][1] + 1 == lo and slices[-1][2] == segs:
+            slices[-1] = (slices[-1][0], hi, segs)
+        else:
+            slices.append((lo, hi, segs))
+    return [((lo, hi, b0, b1), lab) for lo, hi, segs in slices for b0, b1, lab in segs]
+
+
+def _latest_segments(intervals) -> tuple[tuple[int, int, float], ...]:
+    cuts = sorted({f for f, _, _ in intervals} | {l + 1 for _, l, _ in intervals})
+    segs: list[tuple[int, int, float]] = []
+    for lo, nxt in zip(cuts, cuts[1:]):
+        hi = nxt - 1
+        labs = [lab for f, l, lab in intervals if f <= lo and hi <= l]
+        if not labs:
+            continue
+        lab = max(labs)
+        if segs and segs[-1][1] + 1 == lo and segs[-1][2] == lab:
+            segs[-1] = (segs[-1][0], hi, lab)
+        else:
+            segs.append((lo, hi, lab))
+    return tuple(segs)

@@ -162,7 +162,7 @@ def sets_msgs(flags: int, rs, gen: str = "a", element_msgs=None) -> list[tuple]:
     out += [("NEWSET", w.NLM_F_CREATE, w.set_body(n, gen), NFPROTO_NETDEV) for n in SET_FIELDS]
     if element_msgs is None:
         element_msgs = [("NEWSETELEM", w.NLM_F_CREATE, body) for name, items in rs.elements.items()
-                        for body in w.setelem_bodies(name, items, gen)]
+                        for body in w.setelem_bodies(name, items, gen, rs.timeouts_ms(name))]
     return out + [(kind, fl, body, NFPROTO_NETDEV) for kind, fl, body in element_msgs]
 
 
@@ -205,10 +205,12 @@ def render_text(rs, devices, gen: str = "a") -> str:
     from platforms.nftables.render import _element_text  # the inet table's element syntax
     lines = [f"table netdev {TABLE}", f"delete table netdev {TABLE}", f"table netdev {TABLE} {{"]
     for name, fields in SET_FIELDS.items():
-        lines += [f"\tset {set_name(name, gen)} {{", f"\t\ttype {' . '.join(fields)}", "\t\tflags interval"]
+        lines += [f"\tset {set_name(name, gen)} {{", f"\t\ttype {' . '.join(fields)}", "\t\tflags interval,timeout"]
         items = rs.elements.get(name, ())
+        timeouts = rs.timeouts_ms(name)
         if items:
-            lines.append("\t\telements = { " + ",\n\t\t\t".join(_element_text(el) for el in items) + " }")
+            lines.append("\t\telements = { " + ",\n\t\t\t".join(
+                _element_text(el) + (f" timeout {timeouts[el]}ms" if el in timeouts else "") for el in items) + " }")
         lines.append("\t}")
     for dev in devices:
         for hook, rules in chain_rules(rs.dhcp, gen).items():

@@ -67,7 +67,7 @@ def table_state(sock: NftSocket) -> TableState:
                                                  w.be32(a[w.NFTA_SET_FLAGS]))
     gen = next((g for g in GENERATIONS if set_name("out_l4", g) in sets), "a")
     expected_sets = {set_name(n, gen): (w.be32(w.attr_map(w.set_body(n, gen))[w.NFTA_SET_KEY_TYPE]),
-                                        w.SET_F_INTERVAL | w.SET_F_CONCAT) for n in SET_FIELDS}
+                                        w.SET_FLAGS) for n in SET_FIELDS}
     if sets != expected_sets:
         problems.append(f"sets {sorted(sets)} differ from what Cordon installs")
     return TableState(True, flags, owner, sets, gen, tuple(problems))

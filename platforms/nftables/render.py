@@ -20,12 +20,14 @@ icmp/any flows travel in the reply direction and are covered by the reply rules.
 from __future__ import annotations
 
 import ipaddress
+import math
 import socket
 import struct
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from platforms.plan import DHCP_CLIENT_PORT, DHCP_SERVER_PORT, Plan
-from platforms.nftables.boxes import disjoint
+from platforms.nftables.boxes import disjoint, disjoint_timed
 from platforms.nftables.shape import CHAIN_HOOKS, PROTO_NAME, PROTO_NUM, SET_FIELDS, TABLE, set_name
 from platforms.nftables.vocabulary import (CtDirection, CtRelated, Family, Interface, Key, L4Proto,
                                            Rule, SetLookup, UdpPorts)
@@ -38,31 +40,50 @@ Element = tuple[tuple[int, int], ...]
 class Ruleset:
     dhcp: bool
     elements: dict  # set name -> tuple[Element, ...], sorted, pairwise disjoint
+    # set name -> {element: when it stops (seconds since the epoch)}; elements not in it
+    # never expire. Installed as kernel element timeouts (DESIGN §11).
+    expires: dict = field(default_factory=dict)
 
     def chains(self) -> dict[str, tuple[Rule, ...]]:
         return chain_rules(self.dhcp)
 
+    def timeouts_ms(self, name: str, now: float | None = None) -> dict:
+        """The kernel timeout of each expiring element of set `name`, from `now`; at
+        least 1 ms (an element due already lapses at once)."""
+        now = time.time() if now is None else now
+        return {el: max(1, math.ceil((at - now) * 1000)) for el, at in self.expires.get(name, {}).items()}
+
 
 def build(plan: Plan) -> Ruleset:
     # (set name, proto key) -> boxes (addr first, addr last, b first, b last), where b is
-    # the port range in an l4 set and the protocol range in an l3 set.
+    # the port range in an l4 set and the protocol range in an l3 set; with the expiry
+    # of each box where any flow expires (DESIGN §11).
+    timed = plan.timed_atoms() if any(f.expires is not None for f in plan.flows) else None
     boxes: dict[tuple[str, int], list] = {}
-    for direction, proto, network, first, last in plan.atoms():
+    for atom in (timed if timed is not None else plan.atoms()):
+        direction, proto, network, first, last = atom
         a0, a1 = _net_range(network)
         if proto == "tcp" or proto == "udp":
             key, box = (direction + "_l4", PROTO_NUM[proto]), \
                 (a0, a1, first, last) if first else (a0, a1, 0, 65535)
         else:
             key, box = (direction + "_l3", 0), (a0, a1, 1, 1) if proto == "icmp" else (a0, a1, 0, 255)
-        boxes.setdefault(key, []).append(box)
+        boxes.setdefault(key, []).append(box if timed is None else (box, timed[atom]))
     elements = {name: [] for name in SET_FIELDS}
+    expires: dict = {}
     for (name, proto), items in boxes.items():
-        if name.endswith("_l4"):
+        l4 = name.endswith("_l4")
+        if timed is None:
             pr = (proto, proto)
-            elements[name] += [((a0, a1), pr, (b0, b1)) for a0, a1, b0, b1 in disjoint(items)]
-        else:
-            elements[name] += [((a0, a1), (b0, b1)) for a0, a1, b0, b1 in disjoint(items)]
-    return Ruleset(plan.dhcp, {name: tuple(sorted(items)) for name, items in elements.items()})
+            elements[name] += [((a0, a1), pr, (b0, b1)) if l4 else ((a0, a1), (b0, b1))
+                               for a0, a1, b0, b1 in disjoint(items)]
+            continue
+        for (a0, a1, b0, b1), ends in disjoint_timed(items):
+            el = ((a0, a1), (proto, proto), (b0, b1)) if l4 else ((a0, a1), (b0, b1))
+            elements[name].append(el)
+            if ends is not None:
+                expires.setdefault(name, {})[el] = ends
+    return Ruleset(plan.dhcp, {name: tuple(sorted(items)) for name, items in elements.items()}, expires)
 
 
 def _net_range(network: str) -> tuple[int, int]:
@@ -149,20 +170,23 @@ def canonical_elements(plan: Plan) -> dict:
 
 # --- nft text -------------------------------------------------------------------------
 
-def render_text(rs: Ruleset, gen: str = "a") -> str:
+def render_text(rs: Ruleset, gen: str = "a", now: float | None = None) -> str:
     lines = [
         "# Cordon isolation ruleset. Load with `nft -f FILE` (replaces an unowned cordon table).",
         "# The agent installs this same table through netlink in one batch and adds table",
         "# flags owner,persist there, which a short-lived `nft` process cannot hold.",
+        "# Elements with a timeout (host exceptions, expires_at) lapse in the kernel by themselves.",
         f"table inet {TABLE}",
         f"delete table inet {TABLE}",
         f"table inet {TABLE} {{",
     ]
     for name, fields in SET_FIELDS.items():
-        lines += [f"\tset {set_name(name, gen)} {{", f"\t\ttype {' . '.join(fields)}", "\t\tflags interval"]
+        lines += [f"\tset {set_name(name, gen)} {{", f"\t\ttype {' . '.join(fields)}", "\t\tflags interval,timeout"]
         items = rs.elements.get(name, ())
+        timeouts = rs.timeouts_ms(name, now)
         if items:
-            body = ",\n\t\t\t".join(_element_text(el) for el in items)
+            body = ",\n\t\t\t".join(_element_text(el) + (f" timeout {timeouts[el]}ms" if el in timeouts else "")
+                                      for el in items)
             lines.append(f"\t\telements = {{ {body} }}")
         lines.append("\t}")
     for chain, rules in rs.chains().items():

@@ -39,9 +39,12 @@ NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_USERDATA = 1,
 NFTA_SET_TABLE, NFTA_SET_NAME, NFTA_SET_FLAGS, NFTA_SET_KEY_TYPE, NFTA_SET_KEY_LEN = 1, 2, 3, 4, 5
 NFTA_SET_DESC, NFTA_SET_ID = 9, 10
 NFTA_SET_DESC_CONCAT, NFTA_SET_FIELD_LEN = 2, 1
-SET_F_INTERVAL, SET_F_CONCAT = 0x4, 0x80
+SET_F_INTERVAL, SET_F_TIMEOUT, SET_F_CONCAT = 0x4, 0x10, 0x80
+# Every set takes element timeouts (host exceptions and expires_at, DESIGN §11);
+# elements without one never expire.
+SET_FLAGS = SET_F_INTERVAL | SET_F_TIMEOUT | SET_F_CONCAT
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
-NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_KEY_END = 1, 10
+NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_TIMEOUT, NFTA_SET_ELEM_KEY_END = 1, 4, 10
 NFTA_DATA_VALUE, NFTA_DATA_VERDICT, NFTA_VERDICT_CODE = 1, 2, 1
 NFTA_LIST_ELEM, NFTA_EXPR_NAME, NFTA_EXPR_DATA = 1, 1, 2
 
@@ -133,14 +136,14 @@ def chain_body(name: str) -> bytes:
             + u32(NFTA_CHAIN_POLICY, NF_DROP) + s(NFTA_CHAIN_TYPE, "filter"))
 
 
-def set_body(name: str, gen: str) -> bytes:
+def set_body(name: str, gen: str, table: str = TABLE) -> bytes:
     fields = SET_FIELDS[name]
     key_type = 0
     for f in fields:
         key_type = key_type << 6 | DTYPE[f]
     concat = b"".join(nest(NFTA_LIST_ELEM, u32(NFTA_SET_FIELD_LEN, FIELD_LEN[f])) for f in fields)
-    return (s(NFTA_SET_TABLE, TABLE) + s(NFTA_SET_NAME, set_name(name, gen))
-            + u32(NFTA_SET_FLAGS, SET_F_INTERVAL | SET_F_CONCAT)
+    return (s(NFTA_SET_TABLE, table) + s(NFTA_SET_NAME, set_name(name, gen))
+            + u32(NFTA_SET_FLAGS, SET_FLAGS)
             + u32(NFTA_SET_KEY_TYPE, key_type) + u32(NFTA_SET_KEY_LEN, 4 * len(fields))
             + u32(NFTA_SET_ID, SET_IDS[name] + (4 if gen == "b" else 0))
             + nest(NFTA_SET_DESC, nest(NFTA_SET_DESC_CONCAT, concat)))
@@ -171,9 +174,12 @@ def unpack_key(fields, data: bytes) -> tuple[int, ...]:
 _KEY_STRUCTS = {3: struct.Struct(">IBxxxHxx"), 2: struct.Struct(">IBxxx")}
 
 
-def setelem_bodies(name: str, elements, gen: str) -> list[bytes]:
+def setelem_bodies(name: str, elements, gen: str, timeouts_ms: dict | None = None,
+                   table: str = TABLE) -> list[bytes]:
+    """NEWSETELEM/DELSETELEM bodies; `timeouts_ms`: element -> kernel timeout (ms) for
+    the elements that expire."""
     fields = SET_FIELDS[name]
-    head = set_ref_body(name, gen)
+    head = set_ref_body(name, gen, table)
     key = _KEY_STRUCTS[len(fields)]
     klen = 4 + key.size  # NFTA_DATA_VALUE attribute
     # Attribute headers are host order, key values network order: pack them apart,
@@ -184,6 +190,12 @@ def setelem_bodies(name: str, elements, gen: str) -> list[bytes]:
                         NFTA_DATA_VALUE)
     encoded = [elem_h + start_h + key.pack(*(r[0] for r in el)) + end_h + key.pack(*(r[1] for r in el))
                for el in elements]
+    if timeouts_ms:
+        timed_h = struct.pack("=HH", 4 + 2 * (4 + klen) + 12, NFTA_LIST_ELEM | NLA_F_NESTED)
+        for i, el in enumerate(elements):
+            if el in timeouts_ms:
+                encoded[i] = (timed_h + encoded[i][4:]
+                              + struct.pack("=HH", 12, NFTA_SET_ELEM_TIMEOUT) + struct.pack(">Q", timeouts_ms[el]))
     return [head + nest(NFTA_SET_ELEM_LIST_ELEMENTS, *encoded[i:i + ELEMENTS_PER_MSG])
             for i in range(0, len(encoded), ELEMENTS_PER_MSG)]
 
@@ -196,8 +208,8 @@ def set_name_body(name: str, gen: str) -> bytes:
     return s(NFTA_SET_TABLE, TABLE) + s(NFTA_SET_NAME, set_name(name, gen))
 
 
-def set_ref_body(name: str, gen: str) -> bytes:
-    return s(NFTA_SET_ELEM_LIST_TABLE, TABLE) + s(NFTA_SET_ELEM_LIST_SET, set_name(name, gen))
+def set_ref_body(name: str, gen: str, table: str = TABLE) -> bytes:
+    return s(NFTA_SET_ELEM_LIST_TABLE, table) + s(NFTA_SET_ELEM_LIST_SET, set_name(name, gen))
 
 
 @functools.lru_cache(maxsize=256)

@@ -64,6 +64,7 @@ def render(plan: Plan | None) -> str:
         return f"# cordon: normal; anchor {ANCHOR} is empty (flushed with pfctl -a {ANCHOR} -F all)\n"
     groups = group_flows(plan.flows)
     out = [f"# cordon: isolated, mode {plan.mode}, policy version {plan.policy_version}, digest {plan.digest()}"]
+    out += [f"# {line}" for line in plan.host_lines()]  # host exceptions: their current addresses
     out += [f"table <{g.table}> const {{ {', '.join(g.networks)} }}" for g in groups]
     out.append(LOOPBACK_RULE)
     if plan.dhcp:

@@ -180,8 +180,8 @@ class WinDivertBackend(Backend):
         return Support(True, "pydivert loaded and the WinDivert driver is registered")
 
     def render(self, plan: Plan) -> str:
-        try:
-            return render(plan)
+        try:  # host exceptions first: their names and current addresses
+            return "".join(f"# {line}\n" for line in plan.host_lines()) + render(plan)
         except ValueError as exc:
             raise BackendError(str(exc)) from exc
 

@@ -65,7 +65,28 @@ def default_config(lab, state_dir: str, control_socket: str, sensor_type: str = 
     }
 
 
-class Agent:
+class AgentCommands:
+    """The CLI verbs over `self.cli(*args, check=)`, shared by the netns Agent and the VM
+    tier's GuestAgent (tests/vm/agent.py): only how `cli` runs `cordon` differs."""
+
+    def status(self) -> dict:
+        """`cordon status --json`; also when the agent is down (exit 3 still prints JSON)."""
+        p = self.cli("status", "--json", check=False)
+        if p.returncode not in (0, 3):
+            raise CliError(["status", "--json"], p)
+        st = json.loads(p.stdout)
+        st["_exit"] = p.returncode
+        return st
+
+    def isolate(self, strict: bool = False, reason: str | None = None) -> str:
+        args = ["isolate"] + (["--strict"] if strict else []) + (["--reason", reason] if reason else [])
+        return self.cli(*args).stdout
+
+    def release(self, reason: str | None = None) -> str:
+        return self.cli("release", *(["--reason", reason] if reason else [])).stdout
+
+
+class Agent(AgentCommands):
     """One agent in the lab's endpoint. Keyword arguments go to `default_config`;
     `config=` replaces the whole config dict (state_dir/control_socket are filled in)."""
 
@@ -167,22 +188,6 @@ class Agent:
         if check and proc.returncode != 0:
             raise CliError(argv, proc)
         return proc
-
-    def status(self) -> dict:
-        """`cordon status --json`; also when the agent is down (exit 3 still prints JSON)."""
-        p = self.cli("status", "--json", check=False)
-        if p.returncode not in (0, 3):
-            raise CliError(["status", "--json"], p)
-        st = json.loads(p.stdout)
-        st["_exit"] = p.returncode
-        return st
-
-    def isolate(self, strict: bool = False, reason: str | None = None) -> str:
-        args = ["isolate"] + (["--strict"] if strict else []) + (["--reason", reason] if reason else [])
-        return self.cli(*args).stdout
-
-    def release(self, reason: str | None = None) -> str:
-        return self.cli("release", *(["--reason", reason] if reason else [])).stdout
 
     def policy_set(self, doc: dict, check: bool = True) -> subprocess.CompletedProcess:
         path = os.path.join(self.dir, f"policy-{time.monotonic_ns()}.json")

@@ -20,27 +20,10 @@ import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 
-from .probe import ALLOWED, BLOCKED, Probe
+from .oracle import BROADCAST, DHCP_CLIENT, DHCP_SERVER, Rule, dhcp_allows, probe_verdict, protos  # noqa: F401 (re-exported)
+from .probe import ALLOWED, Probe
 
 UNMENTIONED_CANDIDATES = (9, 8080, 2222, 4444, 31337)
-DHCP_CLIENT, DHCP_SERVER = 68, 67
-BROADCAST = "255.255.255.255"
-
-
-@dataclass(frozen=True)
-class Rule:
-    direction: str                      # "out": endpoint opens; "in": peer opens
-    protos: frozenset                   # subset of {"tcp", "udp", "icmp"}
-    network: ipaddress.IPv4Network
-    ports: tuple = ()                   # ((first, last), ...); () = any port
-    origin: str = ""
-
-    def allows(self, direction: str, proto: str, peer: str, port: int | None) -> bool:
-        if direction != self.direction or proto not in self.protos:
-            return False
-        if ipaddress.ip_address(peer) not in self.network:
-            return False
-        return proto == "icmp" or not self.ports or any(a <= port <= b for a, b in self.ports)
 
 
 def parse_ports(value) -> tuple:
@@ -58,16 +41,10 @@ def parse_ports(value) -> tuple:
     return tuple(out)
 
 
-def _protos(protocol: str, ports: tuple) -> frozenset:
-    if protocol == "any":  # with a port list only TCP and UDP can match
-        return frozenset({"tcp", "udp"} if ports else {"tcp", "udp", "icmp"})
-    return frozenset({protocol})
-
-
 def _rule(direction: str, entry: dict, origin: str) -> Rule:
     ports = parse_ports(entry.get("ports", "any"))
     proto = entry.get("protocol", "tcp" if origin == "vendor" else "any")
-    return Rule(direction, _protos(proto, ports), ipaddress.IPv4Network(entry["address"]), ports, origin)
+    return Rule(direction, protos(proto, ports), ipaddress.IPv4Network(entry["address"]), ports, origin)
 
 
 def config_rules(config: dict) -> list[Rule]:
@@ -110,11 +87,7 @@ class Model:
         return self.config.get("vendor", {}).get("dhcp", True)
 
     def dhcp_allows(self, direction: str, proto: str, peer: str, port, sport) -> bool:
-        if not self.dhcp or proto != "udp" or peer not in (BROADCAST, *self.dhcp_servers):
-            return False
-        if direction == "out":  # the client asks
-            return (sport, port) == (DHCP_CLIENT, DHCP_SERVER)
-        return False  # the server's answer is a reply of that exchange, never a new flow
+        return self.dhcp and dhcp_allows(direction, proto, peer, port, sport, self.dhcp_servers)
 
     @property
     def sensor_type(self) -> str:
@@ -145,17 +118,7 @@ class Model:
     def verdict(self, lab, p: Probe) -> str:
         if self.state != "isolated":
             return ALLOWED
-        if p.family == 6:
-            return BLOCKED
-        if p.src == "endpoint":
-            direction, peer = "out", lab.addr(p.dst, 4)
-        elif p.dst == "endpoint":
-            direction, peer = "in", lab.addr(p.src, 4)
-        else:
-            return BLOCKED  # forwarded through the endpoint
-        ok = any(r.allows(direction, p.proto, peer, p.port) for r in self.rules()) \
-            or self.dhcp_allows(direction, p.proto, peer, p.port, p.sport)
-        return ALLOWED if ok else BLOCKED
+        return probe_verdict(lab, self.rules(), p, self.dhcp, self.dhcp_servers)
 
     def expected(self, lab, probes) -> dict[Probe, str]:
         return {p: self.verdict(lab, p) for p in probes}

@@ -176,10 +176,7 @@ class Lab:
 
     def start(self) -> None:
         t0 = time.monotonic()
-        os.makedirs(OWNER_DIR, exist_ok=True)
-        with open(os.path.join(OWNER_DIR, f"{self.runid}.owner"), "w") as f:
-            json.dump({"pid": os.getpid(), "start": _start_time(os.getpid())}, f)
-        self.rundir = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{self.runid}-")
+        self._claim_run()
         for name in ["router", *self.hosts]:
             netns.add(self.ns(name))
             self.namespaces.append(self.ns(name))
@@ -196,6 +193,13 @@ class Lab:
         self._start_responders()
         self._wait_reachable()
         self._say(f"lab {self.runid}: responders up, v4+v6 reachable ({time.monotonic() - t0:.1f}s)")
+
+    def _claim_run(self) -> None:
+        """The owner record `sweep` reads (this process owns the run) and the run directory."""
+        os.makedirs(OWNER_DIR, exist_ok=True)
+        with open(os.path.join(OWNER_DIR, f"{self.runid}.owner"), "w") as f:
+            json.dump({"pid": os.getpid(), "start": _start_time(os.getpid())}, f)
+        self.rundir = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{self.runid}-")
 
     def _link(self, h: Host) -> None:
         up_ns, host_ns = self.ns(h.attach), self.ns(h.name)
@@ -222,10 +226,11 @@ class Lab:
                 f"route add {h.iface6.network} via {via.iface6.ip}",
             ]) + "\n")
 
-    def _start_responders(self) -> None:
+    def _start_responders(self, names=None) -> None:
+        """A responder in each of `names` (default: every host), each PINGed until it answers."""
         env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
         ports = ",".join(str(p) for p in sorted(set(self.ports)))
-        for name in self.hosts:
+        for name in self.hosts if names is None else names:
             self._responders[name] = subprocess.Popen(
                 netns.exec_argv(self.ns(name), sys.executable, "-m", "tests.harness.responder",
                                 "--ctl", self.ctl_path(name), "--ports", ports),

@@ -85,6 +85,10 @@ class Responder:
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # the responder is stopping with this connection open: end quietly. (Re-raising
+            # makes Python 3.11's stream callback print a traceback per open connection.)
+            pass
         finally:
             writer.close()
 

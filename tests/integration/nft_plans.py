@@ -2,12 +2,12 @@
 and the expected verdict of a probe computed from a plan's flows (never from the rules)."""
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import subprocess
 
 from platforms.plan import Flow, Plan, PortRange
+from tests.harness import oracle
 
 VENDOR, DNS, RMM, JUMP = "198.51.100.10", "198.51.100.53", "203.0.113.20", "203.0.113.5"
 
@@ -47,22 +47,15 @@ def plan_to_json(plan: Plan) -> str:
 
 def expected_allowed(plan: Plan | None, src_addr: str, dst_addr: str, proto: str, port,
                      endpoint_addrs: set[str], forwarded: bool = False) -> bool:
-    """What the plan says about one probe. `plan` None = not isolated: all passes."""
+    """What the plan says about one probe (tests.harness.oracle). `plan` None = not
+    isolated: all passes."""
     if plan is None:
         return True
     if forwarded:
         return False
-    ip = ipaddress.ip_address(src_addr if dst_addr in endpoint_addrs else dst_addr)
-    if ip.version == 6:
-        return False
-    direction = "in" if dst_addr in endpoint_addrs else "out"
-    for f in plan.flows:
-        if f.direction != direction or ip not in f.ip_network:
-            continue
-        if f.protocol == "any" or (f.protocol == proto and (
-                not f.ports or any(p.first <= port <= p.last for p in f.ports))):
-            return True
-    return False
+    inbound = dst_addr in endpoint_addrs
+    return oracle.allows(oracle.plan_rules(plan), "in" if inbound else "out", proto,
+                         src_addr if inbound else dst_addr, port, dhcp=plan.dhcp)
 
 
 def nft(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -8,9 +8,10 @@ import os
 
 import pytest
 
-from tests.harness import ALLOWED, BLOCKED, Probe, Session
+from tests.harness import Probe, Session
 from tests.integration.nft_fixtures import nft_backend  # noqa: F401  (fixture)
-from tests.integration.nft_plans import expected_allowed, nft, plan_a
+from tests.harness.oracle import plan_verdict
+from tests.integration.nft_plans import nft, plan_a
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root and network namespaces")]
@@ -40,10 +41,7 @@ def matrix_probes() -> list[Probe]:
 
 
 def expected(lab, plan, p: Probe) -> str:
-    ep = {lab.addr("endpoint", 4), lab.addr("endpoint", 6)}
-    ok = expected_allowed(plan, lab.addr(p.src, p.family), lab.addr(p.dst, p.family),
-                          p.proto, p.port, ep, forwarded="behind" in (p.src, p.dst))
-    return ALLOWED if ok else BLOCKED
+    return plan_verdict(lab, plan, p)
 
 
 def check_matrix(lab, plan, phase: str) -> dict:

@@ -72,13 +72,21 @@ def test_real_probes_with_an_injected_mismatch_and_real_errors(lab, tmp_path):
         page.screenshot(ARTIFACTS / "injected-mismatch.png")
 
 
+def _why_the_demo_failed(p) -> str:
+    """The demo's verdict lines (steps, PROBLEM checks, wrong cells, SUMMARY) wherever they are
+    in its output, then the tail of stderr: a tail of stdout alone can miss the cause."""
+    keep = [l for l in p.stdout.splitlines() if l.lstrip().startswith(("###", "PROBLEM", "SUMMARY", "step:"))
+            or "MISMATCH" in l or "replay:" in l]
+    return f"exit {p.returncode}\n" + "\n".join(keep) + "\n--- stderr (tail) ---\n" + p.stderr[-2000:]
+
+
 @pytest.mark.root
 @pytest.mark.slow
 def test_the_demo_report(tmp_path):
     html, js = tmp_path / "demo.html", tmp_path / "demo.json"
     p = subprocess.run([sys.executable, "-m", "tests.harness", "demo", "--json", str(js), "--html", str(html)],
                        cwd=ROOT, capture_output=True, text=True)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert p.returncode == 0, _why_the_demo_failed(p)
     tables = json.loads(js.read_text())
     with Chromium() as browser:
         page = browser.open(html)

@@ -20,6 +20,7 @@ import pytest
 from platforms.plan import Flow, Plan, PortRange
 from tests.harness import ALLOWED, BLOCKED, Probe, ProbeLoop, Session
 from tests.harness.lab import REPO_ROOT, load_factor
+from tests.harness.oracle import plan_verdict
 from tests.harness.table import Comparison
 
 pytestmark = pytest.mark.root
@@ -49,26 +50,8 @@ PLAN_STRICT = Plan("strict", VENDOR, True, 2)
 
 
 def expected(lab, plan: Plan | None, p: Probe) -> str:
-    """The verdict the plan means for a probe (a new connection / datagram / echo)."""
-    if plan is None:
-        return ALLOWED
-    if p.family == 6 or "behind" in (p.src, p.dst):
-        return BLOCKED  # IPv6 and the forward path are always dropped
-    outbound = p.src == "endpoint"
-    peer = ipaddress.IPv4Address(lab.addr(p.dst if outbound else p.src, 4))
-    for f in plan.flows:
-        if peer not in f.ip_network or f.protocol not in (p.proto, "any"):
-            continue
-        if (f.direction == "out") != outbound:
-            # a peer of an out flow never opens anything; an in flow never lets the host open
-            # (only one stateless exception: UDP "replies" from vendor/DNS ports)
-            if (not outbound and p.proto == "udp" and f.origin != "exception" and p.sport
-                    and any(r.first <= p.sport <= r.last for r in f.ports)):
-                return ALLOWED
-            continue
-        if p.proto == "icmp" or not f.ports or any(r.first <= p.port <= r.last for r in f.ports):
-            return ALLOWED
-    return BLOCKED
+    """The verdict the plan means for a probe: the harness's one oracle (DESIGN 1)."""
+    return plan_verdict(lab, plan, p)
 
 
 def matrix() -> list[Probe]:

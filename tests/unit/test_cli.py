@@ -29,6 +29,8 @@ EXPECTED_FIELD = {
     "icmp-with-ports.json": "outbound[0].ports", "ipv6.json": "outbound[0].address",
     "leading-zeros.json": "outbound[0].address", "truncated.json": "not valid JSON",
     "typo-key.json": "enable", "version-zero.json": "version",
+    "wildcard-host.json": "outbound[0].host", "address-and-host.json": "outbound[0].host",
+    "expired.json": "outbound[0].expires_at",
 }
 
 

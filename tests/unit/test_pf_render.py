@@ -14,6 +14,7 @@ from platforms.plan import Flow, Plan, PortRange
 from platforms.pf import PfBackend
 from platforms.pf.render import ANCHOR, read_rules, render
 from tests.golden import check_golden
+from tests.harness import oracle
 from tests.unit.fake_pfctl import FakePfctl, parse_ruleset
 
 GOLDEN = Path(__file__).parent / "golden" / "pf"
@@ -161,21 +162,11 @@ def test_every_rendered_line_has_a_catalogued_shape_and_every_shape_is_produced(
 # --------------------------------------------------------------- what the loaded anchor allows
 
 def expected(plan: Plan, direction: str, proto: str, remote: str, remote_port, local_port) -> str:
-    """The contract (DESIGN.md 1), computed from the plan's flows, not from pf text."""
-    addr = ipaddress.ip_address(remote)
-    # DHCP only as DHCP: the client (68) asks the broadcast address (67); a DHCP-shaped
-    # packet from or to anyone else is a plain UDP packet. (No lease is known here, so no
-    # unicast server; an inbound 67 -> 68 that opens a flow is an unsolicited offer.)
-    if plan.dhcp and proto == "udp" and direction == "out" and remote == "255.255.255.255" \
-            and (local_port, remote_port) == (68, 67):
-        return "pass"
-    service = remote_port if direction == "out" else local_port
-    for f in plan.flows:
-        if f.direction == direction and f.protocol in (proto, "any") and addr.version == 4 \
-                and addr in ipaddress.ip_network(f.network):
-            if not f.ports or (service is not None and any(r.first <= service <= r.last for r in f.ports)):
-                return "pass"
-    return "block"
+    """The contract (DESIGN.md 1) from the harness's one oracle, not from pf text. No
+    lease is known here, so DHCP only to the broadcast address."""
+    port, sport = (remote_port, local_port) if direction == "out" else (local_port, remote_port)
+    ok = oracle.allows(oracle.plan_rules(plan), direction, proto, remote, port, sport, dhcp=plan.dhcp)
+    return "pass" if ok else "block"
 
 
 def probes(plan: Plan):

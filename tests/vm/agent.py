@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import shlex
 
-from tests.harness.driver import CliError, default_config, to_toml
+from tests.harness.driver import AgentCommands, CliError, default_config, to_toml
 
 CONFIG_PATH = "/etc/cordon/agent.toml"
 AUDIT_LOGS = ("/var/lib/cordon/audit.log", "/var/log/cordon/audit.log")
 
 
-class GuestAgent:
+class GuestAgent(AgentCommands):
     def __init__(self, lab, unit: str = "cordon.service", **config_kw) -> None:
         self.lab, self.guest, self.unit, self.host = lab, lab.guest, unit, "endpoint"
         self.config = default_config(lab, "/var/lib/cordon", "/run/cordon/control.sock", **config_kw)
@@ -51,21 +51,6 @@ class GuestAgent:
         if check and rc != 0:
             raise CliError(list(args), Proc)
         return Proc
-
-    def status(self) -> dict:
-        p = self.cli("status", "--json", check=False)
-        if p.returncode not in (0, 3):
-            raise CliError(["status", "--json"], p)
-        st = json.loads(p.stdout)
-        st["_exit"] = p.returncode
-        return st
-
-    def isolate(self, strict: bool = False, reason: str | None = None) -> str:
-        args = ["isolate"] + (["--strict"] if strict else []) + (["--reason", reason] if reason else [])
-        return self.cli(*args).stdout
-
-    def release(self, reason: str | None = None) -> str:
-        return self.cli("release", *(["--reason", reason] if reason else [])).stdout
 
     def policy_set(self, doc: dict, check: bool = True):
         self.guest.succeed(f"cat > /tmp/policy.json <<'EOF'\n{json.dumps(doc)}\nEOF")

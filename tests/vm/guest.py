@@ -23,11 +23,10 @@ import subprocess
 import threading
 import time
 
+from tests.harness.errors import HarnessError  # the guest broken (no shell, QEMU died)
 from tests.harness.lab import load_factor
 
 
-class HarnessError(RuntimeError):
-    """The lab or the guest is broken (no shell, QEMU died): not a verdict on Cordon."""
 
 
 class GuestAssertion(AssertionError):

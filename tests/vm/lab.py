@@ -204,10 +204,7 @@ class VmLab(Lab):
     # --- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
         t0 = time.monotonic()
-        os.makedirs(hlab.OWNER_DIR, exist_ok=True)
-        with open(os.path.join(hlab.OWNER_DIR, f"{self.runid}.owner"), "w") as f:
-            json.dump({"pid": os.getpid(), "start": hlab._start_time(os.getpid())}, f)
-        self.rundir = tempfile.mkdtemp(prefix=f"{hlab.TMP_PREFIX}{self.runid}-")
+        self._claim_run()
         os.chmod(self.rundir, 0o755)
         for name in ["router", *self.peers]:
             netns.ip("netns", "add", self.ns(name))
@@ -219,7 +216,7 @@ class VmLab(Lab):
         netns.run_in(self.ns("router"), "sysctl", "-qw", "net.ipv4.ip_forward=1",
                      "net.ipv6.conf.all.forwarding=1")
         self._tap()
-        self._start_peer_responders()
+        self._start_responders(self.peers)
         self.share = os.path.join(self.rundir, "share")
         os.makedirs(self.share)
         self.guest = Guest(self.image_dir, self.rundir, self.ns("router"), "to-endpoint",
@@ -249,23 +246,6 @@ class VmLab(Lab):
             f"addr add {h.gateway(6)}/{h.iface6.network.prefixlen} dev to-endpoint nodad",
             "link set to-endpoint up",
         ]) + "\n")
-
-    def _start_peer_responders(self) -> None:
-        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        ports = ",".join(str(p) for p in sorted(set(self.ports)))
-        for name in self.peers:
-            self._responders[name] = subprocess.Popen(
-                netns.exec_argv(self.ns(name), sys.executable, "-m", "tests.harness.responder",
-                                "--ctl", self.ctl_path(name), "--ports", ports),
-                env=env, cwd=REPO, stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 15 * hlab.load_factor()
-        for name, proc in self._responders.items():
-            while self.control(name, "PING") != "PONG":
-                if proc.poll() is not None:
-                    raise HarnessError(f"responder on {name} exited with {proc.returncode}")
-                if time.monotonic() > deadline:
-                    raise HarnessError(f"responder on {name} did not come up")
-                time.sleep(0.02)
 
     def share_file(self, name: str, data: bytes | None = None, src: str | None = None) -> str:
         """Put a file into the read-only 9p share; returns its path in the guest."""

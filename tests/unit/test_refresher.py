@@ -1,0 +1,103 @@
+"""The engine's side of DESIGN §11 with an in-memory backend and a fake resolver: names
+resolved before a plan is applied, refreshed when due, expired exceptions dropped with
+an audit event, a kernel lapse not taken for tamper."""
+import time
+
+from agent.config import parse_config
+from agent.engine import Engine
+from agent.refresher import Refresher
+from agent.store import Store
+from platforms.plan import HostAddresses
+from tests.unit.memory_backend import MemoryBackend
+
+NAME = "rmm.example.com"
+
+
+class Log:
+    def __init__(self):
+        self.events = []
+
+    def _log(self, event, **kw):
+        self.events.append((event, kw))
+    info = warning = error = _log
+
+    def of(self, kind):
+        return [kw for e, kw in self.events if e == kind]
+
+
+def engine(tmp_path, answers):
+    config = parse_config({"vendor": {"endpoints": [{"address": "198.51.100.10", "protocol": "tcp", "ports": "443"}],
+                                      "dns_servers": ["192.0.2.53"]},
+                           "exceptions": {"min_host_ttl": 1}})
+    log = Log()
+    e = Engine(config, Store(str(tmp_path)), MemoryBackend(), log)
+    e.hosts._resolve = lambda host, servers, min_ttl: answers[host]()
+    e.start()
+    return e, log
+
+
+def exception_atoms(e):
+    return {a for a in e.backend.installed[1] if a[0] == "out" and a[2].startswith("203.")}
+
+
+def test_names_resolve_before_isolating_and_follow_a_change(tmp_path):
+    current = {"a": ("203.0.113.20",)}
+    answers = {NAME: lambda: HostAddresses(NAME, current["a"], time.time() + 1, None, 1)}
+    e, log = engine(tmp_path, answers)
+    e.set_policy({"enabled": True, "outbound": [{"protocol": "tcp", "host": NAME, "ports": "443"}]}, {})
+    e.isolate("standard", None, {})
+    assert exception_atoms(e) == {("out", "tcp", "203.0.113.20/32", 443, 443)}
+    current["a"] = ("203.0.113.21", "203.0.113.22")
+    r = Refresher(e)
+    assert r.next_due() is not None and r.next_due() <= time.time() + 1
+    while time.time() < r.next_due():
+        time.sleep(0.02)
+    assert r.refresh() is True
+    assert exception_atoms(e) == {("out", "tcp", f"203.0.113.{i}/32", 443, 443) for i in (21, 22)}
+    assert e.status()["exceptions"]["hosts"][0]["addresses"] == ["203.0.113.21", "203.0.113.22"]
+    assert log.of("rules_refreshed") and not log.of("tamper_detected")
+
+
+def test_a_failed_name_allows_nothing(tmp_path):
+    answers = {NAME: lambda: HostAddresses(NAME, error="NXDOMAIN: the name does not exist")}
+    e, _ = engine(tmp_path, answers)
+    e.set_policy({"enabled": True, "outbound": [{"protocol": "tcp", "host": NAME, "ports": "443"}]}, {})
+    e.isolate("standard", None, {})
+    assert exception_atoms(e) == set()
+    assert e.status()["backend"]["enforcing"] is True
+    assert e.status()["exceptions"]["hosts"][0]["error"].startswith("NXDOMAIN")
+
+
+def test_expiry_drops_the_exception_logs_it_once_and_is_not_tamper(tmp_path):
+    e, log = engine(tmp_path, {})
+    ends = time.time() + 1.5
+    from agent.fields import format_utc
+    e.set_policy({"enabled": True, "outbound": [{"name": "support", "protocol": "tcp", "address": "203.0.113.5",
+                                                 "ports": "22", "expires_at": format_utc(ends)}]}, {})
+    e.isolate("standard", None, {})
+    assert exception_atoms(e) == {("out", "tcp", "203.0.113.5/32", 22, 22)}
+    # The kernel's timeout ran out a moment before the agent's clock: that is not tamper.
+    dhcp, atoms = e.backend.installed
+    e.backend.installed = (dhcp, frozenset(a for a in atoms if a[2] != "203.0.113.5/32"))
+    assert e.reconcile() is False and not log.of("tamper_detected")
+    while time.time() < ends:
+        time.sleep(0.02)
+    r = Refresher(e)
+    r.refresh()
+    r.refresh()
+    assert exception_atoms(e) == set()
+    [event] = log.of("exception_expired")
+    assert event["exception"] == "support" and event["expires_at"] == format_utc(ends)
+    assert e.status()["exceptions"]["expiring"][0]["expired"] is True
+
+
+def test_an_exception_gone_long_before_its_time_is_tamper(tmp_path):
+    e, log = engine(tmp_path, {})
+    from agent.fields import format_utc
+    e.set_policy({"enabled": True, "outbound": [{"protocol": "tcp", "address": "203.0.113.5", "ports": "22",
+                                                 "expires_at": format_utc(time.time() + 600)}]}, {})
+    e.isolate("standard", None, {})
+    dhcp, atoms = e.backend.installed
+    e.backend.installed = (dhcp, frozenset(a for a in atoms if a[2] != "203.0.113.5/32"))
+    assert e.reconcile() is True and log.of("tamper_detected")
+    assert exception_atoms(e) == {("out", "tcp", "203.0.113.5/32", 22, 22)}
