@@ -71,6 +71,12 @@ def _row(agent: str, ev: dict | None, timeout: float) -> tuple[str, int]:
         return (f"{agent}: applied: {st.get('state')}{mode}; policy stored {st.get('stored_version') or 'none'}, "
                 f"enforced {st.get('enforced_version') or 'none'}{pending}; "
                 f"firewall enforcing: {'yes' if st.get('enforcing') else 'NO'}", EXIT_OK)
+    if ev["outcome"] == "acked":    # the broker's ack record; the result event was missed in a reconnect
+        st = ev.get("status") or {}
+        pol = st.get("policy") or {}
+        return (f"{agent}: acked (result event missed while the console reconnected); status now: "
+                f"{st.get('state')}, policy stored {pol.get('stored_version') or 'none'}, "
+                f"enforced {pol.get('enforced_version') or 'none'}", EXIT_OK)
     if ev["outcome"] == "rejected":
         code = EXIT_NOT_PERMITTED if ev.get("code") == "not_permitted" else EXIT_INVALID
         return f"{agent}: REJECTED ({ev.get('code')}): {ev.get('reason')}", code

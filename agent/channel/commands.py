@@ -32,13 +32,21 @@ class Commands:
             raise Rejected("not_permitted", f"cmd.id: {c.id} was already used (replayed)")
         return c
 
-    def handle(self, subject: str, body: bytes, seq: int | None) -> dict:
-        """Verify and apply one channel message; always returns the result event."""
+    def handle(self, subject: str, body: bytes, seq: int | None, redelivered: bool = False) -> dict:
+        """Verify and apply one channel message; always returns the result event.
+        `redelivered`: the broker delivers this stream message again (its ack was lost,
+        e.g. with a cluster node). If its id is already used, this agent applied it (only
+        applied commands and local tokens are remembered): nothing is applied again and
+        the event says `applied`, code `duplicate` — not a replay, the same message."""
         broadcast = subject == wire.command_subject(wire.ALL)
         cid = None
         try:
             cmd = self.open(body)
             cid = cmd["id"] if isinstance(cmd.get("id"), str) and len(cmd["id"]) <= 128 else None
+            if redelivered and cid and self.guard.seen(cid):
+                self.log.info("console_command_redelivered", command_id=cid, seq=seq, subject=subject)
+                return self._event(cid, seq, "applied", "duplicate", "already applied; the broker delivered it again",
+                                   self.engine.status())
             c = self.check(cmd, broadcast=broadcast)
             if c.args.get("token"):
                 raise Rejected("invalid", "args.token: release tokens are for `cordon release --token`, not the channel")

@@ -27,7 +27,9 @@ CHANGE_POLL_S = 1.0
 FETCH_WAIT_S = 5.0
 RETRY_S = (0.5, 5.0)
 REDELIVER_S = 5.0  # a command that could not be stored comes back after this
-ACK_WAIT_S = 60.0  # redelivery if the agent dies between apply and ack
+ACK_WAIT_S = 15.0  # redelivery if the agent dies between apply and ack, or a delivery is lost
+                   # with a cluster node; a longer apply keeps its message with +WPI (in_progress)
+ACK_RETRY_S = 30.0  # how long a lost ack is sent again before the channel reconnects
 
 
 def durable_name(agent_id: str, broadcast: bool) -> str:
@@ -186,11 +188,18 @@ class Channel:
         seq = msg.metadata.sequence.stream
         self.last_message_at = wire.rfc3339(wire.utcnow())
         async with self._status_lock:              # no periodic status computed across this apply
-            event = await asyncio.to_thread(self.commands.handle, msg.subject, msg.data, seq)
+            work = asyncio.ensure_future(asyncio.to_thread(self.commands.handle, msg.subject, msg.data, seq,
+                                                           msg.metadata.num_delivered > 1))
+            while not (await asyncio.wait({work}, timeout=ACK_WAIT_S / 3))[0]:
+                try:                               # still applying: not to be redelivered meanwhile
+                    await msg.in_progress()
+                except Exception:
+                    pass
+            event = work.result()
             if event.pop("redeliver", False):      # not stored: leave it to the broker to retry
                 await msg.nak(delay=REDELIVER_S)
             else:
-                await msg.ack_sync()               # durable and applied (or rejected): done
+                await self._ack(nc, msg, event)    # durable and applied (or rejected): done
             status = event.pop("_status", None)
             if status is not None:                 # the apply's own read-back: no second one
                 if await self._put_status(self._kv, status):
@@ -199,6 +208,25 @@ class Channel:
             await nc.publish(wire.event_subject(self.agent_id), json.dumps(event).encode())
         except Exception as exc:
             self.log.info("console_event_not_sent", error=repr(exc), command_id=event["id"])
+
+    async def _ack(self, nc, msg, event: dict) -> None:
+        """Ack until the broker confirms it. A cluster node lost mid-command drops the
+        connection (nats-py moves to another node) or the consumer's leader (the group
+        elects another): the same ack, sent again, lands there. Giving up would have
+        the broker redeliver what is already applied (answered then as a duplicate).
+        Past ACK_RETRY_S the error goes up and the channel reconnects."""
+        deadline = time.monotonic() + ACK_RETRY_S
+        delay = 0.2
+        while True:
+            try:
+                await msg.ack_sync(timeout=2)
+                return
+            except Exception as exc:
+                if nc.is_closed or time.monotonic() + delay > deadline:
+                    raise
+                self.log.info("console_ack_retry", command_id=event.get("id"), error=str(exc) or repr(exc))
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
 
     # -- status ----------------------------------------------------------------------
     async def _status_loop(self, kv) -> None:

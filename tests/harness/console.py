@@ -22,16 +22,17 @@ import time
 
 from . import netns
 from .driver import default_config
-from .lab import REPO_ROOT
+from .lab import REPO_ROOT, load_factor
 
 NATS_PORT = 4222
 
 
 class Broker:
-    """nats-server -js on the vendor host's IPv4 address; its store in the lab's run dir."""
+    """nats-server -js on the vendor host's IPv4 address; its store in the lab's run dir.
+    `extra` are more nats-server arguments (a cluster node's routes, see Cluster)."""
 
-    def __init__(self, lab, host: str = "vendor", port: int = NATS_PORT) -> None:
-        self.lab, self.host, self.port = lab, host, port
+    def __init__(self, lab, host: str = "vendor", port: int = NATS_PORT, extra: tuple[str, ...] = ()) -> None:
+        self.lab, self.host, self.port, self.extra = lab, host, port, tuple(extra)
         self.address = lab.addr(host, 4)
         self.store = os.path.join(lab.rundir, f"nats-{host}")
         self.log_path = os.path.join(lab.rundir, f"nats-{host}.log")
@@ -41,11 +42,23 @@ class Broker:
     def url(self) -> str:
         return f"nats://{self.address}:{self.port}"
 
+    @property
+    def urls(self) -> list[str]:
+        return [self.url]
+
+    @property
+    def addresses(self) -> list[str]:
+        return [self.address]
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def start(self, timeout: float = 15) -> "Broker":
         log = open(self.log_path, "a")
         self.proc = self.lab.spawn(self.host, "nats-server", "-js", "-sd", self.store, "-a", self.address,
-                                   "-p", str(self.port), "-n", f"cordon-lab-{self.lab.runid}",
-                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                                   "-p", str(self.port), "-n", f"cordon-lab-{self.lab.runid}-{self.host}",
+                                   *self.extra, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         log.close()
         deadline = time.monotonic() + timeout
         while not self._answers():
@@ -74,6 +87,86 @@ class Broker:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
 
+    def ready(self, timeout: float = 60) -> None:
+        """Nothing more to wait for on a single server (a Cluster waits for JetStream)."""
+
+
+class Cluster:
+    """Three nats-server nodes with JetStream, one per lab host, routed into one cluster;
+    CORDON_CMD and CORDON_STATUS are created with `replicas` copies before any agent
+    connects (the operator's job in a deployment: a client would create them with one).
+    Looks like a Broker to Console and Wire: `url` (comma-separated, for --servers),
+    `urls`, `addresses`, `port`. Nodes are killed and restarted by pid (`kill(i)`,
+    `restart(i)`); each keeps its store in the lab's run dir."""
+
+    CLUSTER_PORT = 6222
+
+    def __init__(self, lab, hosts: tuple[str, ...] = ("nats1", "nats2", "nats3"), port: int = NATS_PORT,
+                 replicas: int = 3) -> None:
+        self.lab, self.port, self.replicas = lab, port, replicas
+        routes = ",".join(f"nats://{lab.addr(h, 4)}:{self.CLUSTER_PORT}" for h in hosts)
+        self.nodes = [Broker(lab, h, port, extra=(
+            "--cluster_name", f"cordon-lab-{lab.runid}", "--cluster", f"nats://{lab.addr(h, 4)}:{self.CLUSTER_PORT}",
+            "--routes", routes)) for h in hosts]
+
+    @property
+    def urls(self) -> list[str]:
+        return [n.url for n in self.nodes]
+
+    @property
+    def url(self) -> str:
+        return ",".join(self.urls)
+
+    @property
+    def addresses(self) -> list[str]:
+        return [n.address for n in self.nodes]
+
+    def start(self, timeout: float = 30) -> "Cluster":
+        for n in self.nodes:
+            if not n.running:
+                n.start(timeout)
+        self.ready(timeout)
+        return self
+
+    def ready(self, timeout: float = 60) -> None:
+        """Until the JetStream meta group has a leader and both the stream and the bucket
+        exist with `replicas` copies (created here if missing)."""
+        from nats.js.api import KeyValueConfig, StreamConfig
+        from agent.channel import wire as fmt
+
+        async def prepare(js):
+            try:
+                await js.stream_info(fmt.STREAM)
+            except Exception:
+                await js.add_stream(StreamConfig(name=fmt.STREAM, subjects=[fmt.STREAM_SUBJECTS],
+                                                 max_age=fmt.STREAM_MAX_AGE_S, num_replicas=self.replicas))
+            try:
+                await js.key_value(fmt.STATUS_BUCKET)
+            except Exception:
+                await js.create_key_value(KeyValueConfig(bucket=fmt.STATUS_BUCKET, history=1, replicas=self.replicas))
+            return (await js.stream_info(fmt.STREAM)).config.num_replicas
+        deadline = time.monotonic() + timeout * load_factor()
+        with Wire(self.lab, self) as w:
+            while True:
+                try:
+                    if w.call(prepare(w.js), timeout=10) == self.replicas:
+                        return
+                except Exception as exc:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"JetStream cluster not ready after {timeout}s: {exc!r}\n"
+                                           + self.nodes[0].log_tail()) from None
+                time.sleep(0.2)
+
+    def kill(self, i: int) -> None:
+        self.nodes[i].kill()
+
+    def restart(self, i: int, timeout: float = 30) -> None:
+        self.nodes[i].start(timeout)
+
+    def close(self) -> None:
+        for n in self.nodes:
+            n.kill()
+
     def log_tail(self, n: int = 20) -> str:
         try:
             with open(self.log_path) as f:
@@ -97,10 +190,21 @@ class Console:
             raise RuntimeError(f"keygen failed: {p.stderr}")
         return self
 
-    def run(self, *args: str, timeout: float = 10, wait: float = 60) -> subprocess.CompletedProcess:
-        argv = netns.exec_argv(self.lab.ns(self.host), sys.executable, "-m", "console.cli", *args,
+    def argv(self, *args: str, timeout: float = 10) -> list[str]:
+        return netns.exec_argv(self.lab.ns(self.host), sys.executable, "-m", "console.cli", *args,
                                "--servers", self.broker.url, "--key", self.key, "--timeout", str(timeout))
-        return subprocess.run(argv, env=self._env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=wait)
+
+    def run(self, *args: str, timeout: float = 10, wait: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv(*args, timeout=timeout), env=self._env, cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=wait)
+
+    def popen(self, *args: str, timeout: float = 10) -> subprocess.Popen:
+        """The same, not waited for (stdout/stderr pipes; `communicate()` it). Its own
+        session, so the lab's teardown can kill it by pid."""
+        p = subprocess.Popen(self.argv(*args, timeout=timeout), env=self._env, cwd=REPO_ROOT, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        self.lab._extra.append(p)
+        return p
 
     def fleet(self) -> dict[str, dict]:
         p = self.run("fleet", "--json")
@@ -112,9 +216,9 @@ class Console:
         """An agent config whose vendor endpoints cover the broker, with [console]."""
         cfg = default_config(self.lab, "/unused", "/unused", sensor_type=sensor_type, **kw)
         del cfg["state_dir"], cfg["control_socket"]
-        cfg["vendor"]["endpoints"].append({"address": self.broker.address, "protocol": "tcp",
-                                           "ports": str(self.broker.port)})
-        cfg["console"] = {"servers": [self.broker.url], "agent_id": agent_id, "public_key": self.pub}
+        for address in self.broker.addresses:
+            cfg["vendor"]["endpoints"].append({"address": address, "protocol": "tcp", "ports": str(self.broker.port)})
+        cfg["console"] = {"servers": self.broker.urls, "agent_id": agent_id, "public_key": self.pub}
         return cfg
 
     def wait_subscribed(self, agent, count: int = 1, timeout: float = 30) -> None:
@@ -136,6 +240,7 @@ class Wire:
         self.lab, self.broker, self.ns = lab, broker, lab.ns(host)
         self.loop = asyncio.new_event_loop()
         self.events: list[dict] = []
+        self.commands: dict[str, float] = {}
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.nc = self.js = None
@@ -152,10 +257,11 @@ class Wire:
         self._thread.start()
 
         async def connect():
-            self.nc = await nats.connect(servers=[self.broker.url], connect_timeout=3, max_reconnect_attempts=-1,
+            self.nc = await nats.connect(servers=self.broker.urls, connect_timeout=3, max_reconnect_attempts=-1,
                                          reconnect_time_wait=0.5)
             self.js = self.nc.jetstream()
             await self.nc.subscribe("cordon.v1.evt.*", cb=self._on_event)
+            await self.nc.subscribe("cordon.v1.cmd.>", cb=self._on_command)
             await self.nc.flush()
         self.call(connect())
         return self
@@ -169,9 +275,53 @@ class Wire:
         self._thread.join(5)
 
     async def _on_event(self, msg) -> None:
+        ev = json.loads(msg.data)
+        ev["_at"] = time.monotonic()       # when it reached this process (not part of the wire format)
         with self._cond:
-            self.events.append(json.loads(msg.data))
+            self.events.append(ev)
             self._cond.notify_all()
+
+    async def _on_command(self, msg) -> None:
+        """Every command published (a core subscriber sees what JetStream stores): its id
+        and when it reached this process, the start of a publish -> ack measurement."""
+        try:
+            cid = json.loads(msg.data)["cmd"]["id"]
+        except (ValueError, KeyError, TypeError):
+            return
+        with self._cond:
+            self.commands[cid] = time.monotonic()
+            self._cond.notify_all()
+
+    def command_seen(self, timeout: float = 30) -> tuple[str, float]:
+        """Wait for the next command published after this call; (its id, when it was seen)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            known = set(self.commands)
+            while True:
+                new = [(t, c) for c, t in self.commands.items() if c not in known]
+                if new:
+                    t, c = min(new)
+                    return c, t
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no command published within {timeout}s")
+                self._cond.wait(left)
+
+    def events_for(self, cid: str, agents, timeout: float) -> dict[str, dict]:
+        """agent -> its first result event for command `cid`, waiting until every agent
+        in `agents` has one or `timeout` passes (then the missing ones are absent)."""
+        deadline = time.monotonic() + timeout
+        want = set(agents)
+        with self._cond:
+            while True:
+                got = {}
+                for ev in self.events:
+                    if ev.get("id") == cid and ev.get("agent") in want and ev["agent"] not in got:
+                        got[ev["agent"]] = ev
+                left = deadline - time.monotonic()
+                if len(got) == len(want) or left <= 0:
+                    return got
+                self._cond.wait(left)
 
     def publish(self, subject: str, body: bytes) -> int:
         """Into the stream; returns the stream sequence the broker stored it under."""

@@ -118,6 +118,12 @@ class Agent(AgentCommands):
 
     # --- the agent process ------------------------------------------------------
     def start(self, timeout: float = 15) -> "Agent":
+        self.launch()
+        self.wait_ready(timeout)
+        return self
+
+    def launch(self) -> "Agent":
+        """Start `cordon run` without waiting for it (many at once: a fleet)."""
         if self.alive:
             raise RuntimeError("agent already running")
         self.starts += 1
@@ -127,7 +133,6 @@ class Agent(AgentCommands):
                                    "--config", self.config_path, env=self._env, cwd=REPO_ROOT,
                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         log.close()
-        self.wait_ready(timeout)
         return self
 
     def wait_ready(self, timeout: float = 15) -> None:

@@ -41,6 +41,24 @@ def test_applied_then_replayed(cmds):
     assert again["outcome"] == "rejected" and "already used" in again["reason"]
 
 
+def test_a_redelivered_applied_command_is_a_duplicate_not_applied_again(cmds):
+    """The broker delivers the same stream message again when its ack was lost (a
+    cluster node gone): answered `applied`/`duplicate`, nothing applied a second time.
+    A fresh delivery of a used id (num_delivered 1: someone published it again) is
+    still a replay."""
+    body = _body(args={"reason": "first"})
+    assert cmds.handle("cordon.v1.cmd.all", _body(agent="all"), 1)["outcome"] == "applied"
+    assert cmds.handle("cordon.v1.cmd.ep1", body, 2)["outcome"] == "applied"
+    dup = cmds.handle("cordon.v1.cmd.ep1", body, 2, redelivered=True)
+    assert (dup["outcome"], dup["code"], dup["status"]["state"]) == ("applied", "duplicate", "isolated")
+    assert cmds.engine.state.reason == "first"
+    again = cmds.handle("cordon.v1.cmd.ep1", body, 3)
+    assert again["outcome"] == "rejected" and "already used" in again["reason"]
+    fresh = _body(action="release")          # redelivered, but never applied: applied now
+    assert cmds.handle("cordon.v1.cmd.ep1", fresh, 4, redelivered=True)["outcome"] == "applied"
+    assert cmds.engine.state.state == "normal"
+
+
 def test_broadcast_on_the_own_subject_is_refused(cmds):
     ev = cmds.handle("cordon.v1.cmd.ep1", _body(agent="all"), 1)
     assert ev["outcome"] == "rejected" and cmds.engine.state.state == "normal"

@@ -1,0 +1,106 @@
+"""Fleet failover (DESIGN §10, fleet scale): five agents, each in its own namespace on the
+fabric, against a 3-node nats-server cluster (CORDON_CMD and CORDON_STATUS with 3
+replicas). The node most agents are connected to is killed while `cordon-console isolate
+all` is in flight. Every agent must end isolated and enforcing, its audit log holding the
+command applied exactly once, and the broker's ack record (each durable consumer's ack
+floor) past the command: no command lost or applied twice. Real packets prove one
+agent's isolation. Then the node comes back and `release all` completes."""
+from __future__ import annotations
+
+import collections
+import time
+
+import pytest
+
+from tests.harness.lab import load_factor
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+N = 5
+
+
+@pytest.fixture
+def fleet():
+    from tests.harness import Lab
+    from tests.harness.console import Cluster, Console, Wire
+    from tests.harness.fleet import FLEET_TOPOLOGY, Fabric, start_agents
+    with Lab(topology=FLEET_TOPOLOGY) as lab:
+        cluster = Cluster(lab)
+        try:
+            cluster.start()
+            console = Console(lab, cluster).keygen()
+            fabric = Fabric(lab).start()
+            agents = start_agents(lab, console, fabric, [(f"ep{i}", "endpoint_sensor") for i in range(1, N + 1)])
+            with Wire(lab, cluster) as w:
+                yield lab, cluster, console, agents, w
+        finally:
+            cluster.close()   # the agents and the console CLI are the lab's: killed by pid there
+
+
+def _applied(agent, cid: str) -> list[dict]:
+    return [e for e in agent.audit_events("console_command_applied") if e.get("command_id") == cid]
+
+
+def _wait(what, cond, timeout: float):
+    deadline = time.monotonic() + timeout * load_factor()
+    while not (got := cond()):
+        assert time.monotonic() < deadline, f"{what}: not within {timeout}s (x{load_factor():.1f} load)"
+        time.sleep(0.05)
+    return got
+
+
+def _settled(w, agents, durable_suffix: str, seq: int) -> None:
+    """The broker's record: every agent's consumer acked up to `seq`, nothing left unacked."""
+    def ok():
+        for a in agents:
+            c = w.consumer(f"cordon-{a.config['console']['agent_id']}{durable_suffix}")
+            if c["ack_floor"] < seq or c["num_ack_pending"] or c["num_pending"]:
+                return False
+        return True
+    _wait("every consumer acked", ok, 60)
+
+
+def test_node_killed_during_isolate_all_loses_nothing_and_applies_once(fleet):
+    lab, cluster, console, agents, w = fleet
+    ids = [a.config["console"]["agent_id"] for a in agents]
+    ep1 = agents[0]
+    assert lab.probe(ep1.host, "outside", "tcp", 80).verdict == "ALLOWED"   # before: open
+
+    # the node most agents hold their channel on
+    nodes = collections.Counter(a.audit_events("console_connected")[-1]["server"] for a in agents)
+    victim = next(i for i, n in enumerate(cluster.nodes) if f"{n.address}:{n.port}" == nodes.most_common(1)[0][0])
+
+    cli = console.popen("isolate", "all", "--reason", "IR-fleet", timeout=60 * load_factor())
+    cid, _ = w.command_seen(timeout=30 * load_factor())
+    cluster.kill(victim)                                   # while the command is in flight
+    out, err = cli.communicate(timeout=120 * load_factor())
+
+    evs = w.events_for(cid, ids, timeout=60 * load_factor())
+    for a in agents:
+        aid = a.config["console"]["agent_id"]
+        _wait(f"{aid} applied {cid}", lambda: _applied(a, cid), 60)
+        st = a.status()
+        assert (st["state"], st["reason"], st["backend"]["enforcing"]) == ("isolated", "IR-fleet", True), (aid, st)
+    # the broker's ack record, not the console's summary
+    seq = next(iter(evs.values()))["seq"] if evs else None
+    assert seq is not None, f"no result event at all; console said:\n{out}\n{err}"
+    _settled(w, agents, "-all", seq)
+    for a in agents:   # applied exactly once, even if the broker redelivered it (then: console_command_redelivered)
+        assert len(_applied(a, cid)) == 1, a.audit_events("console_command_applied")
+        assert len([e for e in a.audit_events("console_command_rejected") if e.get("command_id") == cid]) == 0
+    assert cli.returncode == 0, f"cordon-console isolate all exited {cli.returncode}:\n{out}\n{err}"
+    assert all(f"{i}: " in out for i in ids), out
+
+    # real packets: ep1 is cut off from the outside host, its vendor flow still open
+    assert lab.probe(ep1.host, "outside", "tcp", 80).verdict == "BLOCKED"
+    assert lab.probe(ep1.host, "vendor", "tcp", 443).verdict == "ALLOWED"
+
+    cluster.restart(victim)
+    cluster.ready()
+    p = console.run("release", "all", timeout=60 * load_factor(), wait=180 * load_factor())
+    assert p.returncode == 0, f"release all exited {p.returncode}:\n{p.stdout}\n{p.stderr}"
+    rid = p.stdout.split()[1]   # `release <id> -> all`
+    for a in agents:
+        assert len(_applied(a, rid)) == 1
+        assert a.status()["state"] == "normal"
+    assert lab.probe(ep1.host, "outside", "tcp", 80).verdict == "ALLOWED"
