@@ -67,7 +67,9 @@ def test_node_killed_during_isolate_all_loses_nothing_and_applies_once(fleet):
     assert lab.probe(ep1.host, "outside", "tcp", 80).verdict == "ALLOWED"   # before: open
 
     # the node most agents hold their channel on
-    nodes = collections.Counter(a.audit_events("console_connected")[-1]["server"] for a in agents)
+    # (the audit names the server as scheme://host:port, credentials never included)
+    nodes = collections.Counter(a.audit_events("console_connected")[-1]["server"].rsplit("/", 1)[-1]
+                                for a in agents)
     victim = next(i for i, n in enumerate(cluster.nodes) if f"{n.address}:{n.port}" == nodes.most_common(1)[0][0])
 
     cli = console.popen("isolate", "all", "--reason", "IR-fleet", timeout=60 * load_factor())

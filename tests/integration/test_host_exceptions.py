@@ -127,7 +127,9 @@ def test_follows_a_records_both_directions_and_refreshes_set_elements_only(lab, 
         # run out: the address is in the set every time we look.
         ends = time.monotonic() + 2 * ttl
         while time.monotonic() < ends:
-            assert _has_element(lab, rmm), "the address lapsed although DNS kept answering it"
+            assert _has_element(lab, rmm), ("the address lapsed although DNS kept answering it; agent events: "
+                                            + repr([e for e in agent.audit_events() if e.get("event") not in
+                                                    ("control_request",)][-12:]))
             time.sleep(0.1)
         assert _verdicts(lab, [out_rmm])[out_rmm] == ALLOWED
         dns.write({NAME: {"a": [jump], "ttl": ttl}})
