@@ -88,11 +88,7 @@ class NftablesBackend(Backend):
         if (old is None or new.dhcp != old.dhcp or not state.present or state.shape_problems
                 or state.owner not in (None, sock.portid)):
             return self.apply(plan)
-        # Not in place: on this 6.18 kernel a NEWSETELEM on an existing element of the real
-        # sets left it to lapse at its old expiration (test_host_exceptions caught it), though
-        # the scratch-set probe saw the expiration move. Delete + add in one batch is atomic.
-        update = False
-        msgs = self._element_diff_msgs(old, new, state.gen, update)
+        msgs = self._element_diff_msgs(old, new, state.gen)
         if msgs and self._netdev_present(sock):
             msgs += [(kind, fl, body, netdev.NFPROTO_NETDEV) for kind, fl, body in msgs]
         if msgs:
@@ -103,18 +99,20 @@ class NftablesBackend(Backend):
         self._plan, self._ruleset = plan, new
 
     @staticmethod
-    def _element_diff_msgs(old, new, gen: str, timeout_update: bool = False) -> list:
-        """Deletes, then adds. An element whose expiry moved is added again with its new
-        timeout, deleted first unless the kernel updates a timeout in place (probed). An
-        element whose timeout has run out is not deleted: the kernel has dropped it
-        (deleting it would fail the batch with ENOENT)."""
+    def _element_diff_msgs(old, new, gen: str) -> list:
+        """Deletes, then adds. An element whose expiry moved is deleted and added again with
+        its new timeout in the same (atomic) batch: not updated in place, because on this
+        6.18 kernel a NEWSETELEM on an existing element of the real sets left it to lapse at
+        its old expiration (test_host_exceptions caught it), though the scratch-set probe
+        `set_element_timeout_update` saw the expiration move. An element whose timeout has run
+        out is not deleted: the kernel has dropped it (deleting it would fail the batch with
+        ENOENT)."""
         dels, adds, now = [], [], time.time()
         for name in SET_FIELDS:
             before, after = set(old.elements.get(name, ())), set(new.elements.get(name, ()))
             old_t, new_t = old.expires.get(name, {}), new.expires.get(name, {})
             moved = {el for el in before & after if old_t.get(el) != new_t.get(el)}
-            in_place = {el for el in moved if timeout_update and el in old_t and el in new_t}
-            gone = sorted(el for el in (before - after) | (moved - in_place) if old_t.get(el, math.inf) > now)
+            gone = sorted(el for el in (before - after) | moved if old_t.get(el, math.inf) > now)
             came = sorted((after - before) | moved)
             dels += [("DELSETELEM", 0, body) for body in w.setelem_bodies(name, gone, gen)] if gone else []
             adds += [("NEWSETELEM", w.NLM_F_CREATE, body)

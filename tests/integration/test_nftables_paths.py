@@ -141,6 +141,17 @@ def _nft(ns: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", "netns", "exec", ns, "nft", *args], capture_output=True, text=True)
 
 
+
+def _named_then_repaired(lab, nft_backend, problem: str) -> None:
+    """The tamper is read back (named, not enforcing); apply repairs it (what the engine's
+    reconcile does, logging tamper_detected) and the raw path is closed again."""
+    seen = nft_backend.read_back()
+    assert problem in seen.details["problems"]
+    assert not seen.enforces(plan_a())
+    nft_backend.apply(plan_a())
+    assert nft_backend.read_back().enforces(plan_a())
+    assert _raw_send(lab, False, ("ipv4-udp",)) == {"ipv4-udp": False, "receiver alive": True}
+
 def test_dormant_netdev_table_is_refused_while_owned_and_repaired_when_not(lab, nft_backend, tmp_path):  # noqa: F811
     from platforms.nftables import NftablesBackend
     e_ns = lab.ns("endpoint")
@@ -161,12 +172,7 @@ def test_dormant_netdev_table_is_refused_while_owned_and_repaired_when_not(lab, 
     assert _nft(e_ns, "add table netdev cordon { flags dormant; }").returncode == 0
     assert _raw_send(lab, False, ("ipv4-udp",))["ipv4-udp"], "a dormant netdev table unhooks it"
     try:
-        seen = nft_backend.read_back()
-        assert "table netdev cordon is dormant (unhooked)" in seen.details["problems"]
-        assert not seen.enforces(plan_a())
-        nft_backend.apply(plan_a())  # what the engine's reconcile does (and logs tamper_detected)
-        assert nft_backend.read_back().enforces(plan_a())
-        assert _raw_send(lab, False, ("ipv4-udp",)) == {"ipv4-udp": False, "receiver alive": True}
+        _named_then_repaired(lab, nft_backend, "table netdev cordon is dormant (unhooked)")
     finally:
         nft_backend.clear()
         nft_backend.close()
@@ -215,12 +221,7 @@ def test_netdev_set_elements_are_read_back_and_a_tampered_set_repaired(lab, nft_
         gen = nft_backend.read_back().details["set_generation"]
         assert _nft(e_ns, tamper.replace("out_l4_a", f"out_l4_{gen}")).returncode == 0
         assert _raw_send(lab, False, ("ipv4-udp",))["ipv4-udp"], "the added element opens the raw path"
-        seen = nft_backend.read_back()
-        assert f"netdev set out_l4_{gen}: elements differ from table inet cordon's" in seen.details["problems"]
-        assert not seen.enforces(plan_a())
-        nft_backend.apply(plan_a())  # what the engine's reconcile does (and logs tamper_detected)
-        assert nft_backend.read_back().enforces(plan_a())
-        assert _raw_send(lab, False, ("ipv4-udp",)) == {"ipv4-udp": False, "receiver alive": True}
+        _named_then_repaired(lab, nft_backend, f"netdev set out_l4_{gen}: elements differ from table inet cordon's")
     finally:
         nft_backend.clear()
         nft_backend.close()
