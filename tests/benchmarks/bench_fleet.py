@@ -33,9 +33,8 @@ import time
 import psutil
 
 from tests.benchmarks.bench_console import pct
-from tests.harness import Lab
-from tests.harness.console import Cluster, Console, Wire
-from tests.harness.fleet import FLEET_TOPOLOGY, Fabric, start_agents
+from tests.harness.console import Wire
+from tests.harness.fleet import Fabric, fleet_lab, start_agents
 from tests.harness.lab import load_factor
 
 SENSORS = ("endpoint_sensor", "security_agent")
@@ -230,27 +229,20 @@ def main() -> int:
     results = {"sizes": [], "fault": None}
     say(f"bench_fleet: sizes {sizes}, {args.runs} runs each, fault run at {args.fault_agents or 'none'}; "
         f"{os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GB; {loadavg()}")
-    with Lab(topology=FLEET_TOPOLOGY) as lab:
-        cluster = Cluster(lab)
-        try:
-            cluster.start()
-            console = Console(lab, cluster).keygen()
-            fabric = Fabric(lab).start()
-            with Wire(lab, cluster) as w:
-                fleet = Fleet(lab, cluster, console, fabric, w)
-                version = [0]
-                policy_path = os.path.join(lab.rundir, "policy.json")
-                for n in steps:
-                    fleet.grow(n)
-                    if n in sizes:
-                        results["sizes"].append(measure(fleet, n, args.runs, policy_path, version))
-                    if n == args.fault_agents:
-                        results["fault"] = fault_run(fleet)
-                if args.html:
-                    p = console.run("fleet", "--html", os.path.abspath(args.html), timeout=30)
-                    say(f"fleet page: {os.path.abspath(args.html)}" if p.returncode == 0 else f"fleet --html failed: {p.stderr}")
-        finally:
-            cluster.close()
+    with fleet_lab() as (lab, cluster, console, fabric):
+        with Wire(lab, cluster) as w:
+            fleet = Fleet(lab, cluster, console, fabric, w)
+            version = [0]
+            policy_path = os.path.join(lab.rundir, "policy.json")
+            for n in steps:
+                fleet.grow(n)
+                if n in sizes:
+                    results["sizes"].append(measure(fleet, n, args.runs, policy_path, version))
+                if n == args.fault_agents:
+                    results["fault"] = fault_run(fleet)
+            if args.html:
+                p = console.run("fleet", "--html", os.path.abspath(args.html), timeout=30)
+                say(f"fleet page: {os.path.abspath(args.html)}" if p.returncode == 0 else f"fleet --html failed: {p.stderr}")
     say(json.dumps(results, default=float))
     bad = sum(len(r["problems"]) for r in results["sizes"]) + len((results["fault"] or {}).get("problems", []))
     return 1 if bad else 0

@@ -13,9 +13,10 @@ the processes it started, by pid) exactly like its own.
 from __future__ import annotations
 
 import ipaddress
+from contextlib import contextmanager
 
 from . import netns
-from .lab import Host
+from .lab import Host, Lab
 
 NODES = ("nats1", "nats2", "nats3")
 
@@ -109,3 +110,18 @@ def connected_node(agent) -> str | None:
     """host:port of the broker node the agent's channel last connected to (its audit log)."""
     evs = agent.audit_events("console_connected")
     return evs[-1].get("server") if evs else None
+
+
+@contextmanager
+def fleet_lab():
+    """A lab of FLEET_TOPOLOGY with its 3-node cluster started, a console with keys and the
+    fabric: yields (lab, cluster, console, fabric). The cluster is closed on the way out;
+    agents and console CLIs are the lab's, killed by pid in its teardown."""
+    from .console import Cluster, Console
+    with Lab(topology=FLEET_TOPOLOGY) as lab:
+        cluster = Cluster(lab)
+        try:
+            cluster.start()
+            yield lab, cluster, Console(lab, cluster).keygen(), Fabric(lab).start()
+        finally:
+            cluster.close()

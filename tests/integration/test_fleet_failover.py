@@ -21,20 +21,12 @@ N = 5
 
 @pytest.fixture
 def fleet():
-    from tests.harness import Lab
-    from tests.harness.console import Cluster, Console, Wire
-    from tests.harness.fleet import FLEET_TOPOLOGY, Fabric, start_agents
-    with Lab(topology=FLEET_TOPOLOGY) as lab:
-        cluster = Cluster(lab)
-        try:
-            cluster.start()
-            console = Console(lab, cluster).keygen()
-            fabric = Fabric(lab).start()
-            agents = start_agents(lab, console, fabric, [(f"ep{i}", "endpoint_sensor") for i in range(1, N + 1)])
-            with Wire(lab, cluster) as w:
-                yield lab, cluster, console, agents, w
-        finally:
-            cluster.close()   # the agents and the console CLI are the lab's: killed by pid there
+    from tests.harness.console import Wire
+    from tests.harness.fleet import fleet_lab, start_agents
+    with fleet_lab() as (lab, cluster, console, fabric):
+        agents = start_agents(lab, console, fabric, [(f"ep{i}", "endpoint_sensor") for i in range(1, N + 1)])
+        with Wire(lab, cluster) as w:
+            yield lab, cluster, console, agents, w
 
 
 def _applied(agent, cid: str) -> list[dict]:
