@@ -106,7 +106,10 @@ def _print_status(st: dict, *, live: bool) -> None:
 
 # -- commands -------------------------------------------------------------------------
 def cmd_run(args) -> int:
-    from agent.daemon import run
+    if sys.platform.startswith("win"):
+        from agent.winservice import run
+    else:
+        from agent.daemon import run
     return run(_config(args))
 
 

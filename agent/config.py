@@ -12,8 +12,9 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valid
 from agent.channel.settings import ConsoleConfig, uncovered_servers
 from agent.errors import FieldError, InvalidInput, from_pydantic
 from agent.fields import Address, HostAddress, Name, Ports, Protocol, check_icmp_ports
+from agent.paths import PATHS
 
-DEFAULT_PATH = "/etc/cordon/agent.toml"
+DEFAULT_PATH = PATHS.config
 MAX_CONFIG_BYTES = 1024 * 1024
 
 
@@ -56,8 +57,8 @@ class Config(BaseModel):
 
     sensor_type: Literal["endpoint_sensor", "security_agent"] = "endpoint_sensor"
     backend: Literal["auto", "nftables", "pf", "windivert"] = "auto"
-    state_dir: str = "/var/lib/cordon"
-    control_socket: str = "/run/cordon/control.sock"
+    state_dir: str = PATHS.state_dir
+    control_socket: str = PATHS.control_socket
     vendor: Vendor
     exceptions: ExceptionsConfig = ExceptionsConfig()
     console: ConsoleConfig | None = None   # DESIGN §10; absent = local control only
@@ -80,11 +81,11 @@ class Config(BaseModel):
 
     @property
     def audit_log(self) -> Path:
-        return Path(self.state_dir) / "audit.log"
+        return Path(PATHS.logs_dir or self.state_dir) / "audit.log"
 
 
 def config_path(cli_value: str | None) -> str:
-    """--config > $CORDON_CONFIG > /etc/cordon/agent.toml."""
+    """--config > $CORDON_CONFIG > this platform's default (agent.paths)."""
     return cli_value or os.environ.get("CORDON_CONFIG") or DEFAULT_PATH
 
 
