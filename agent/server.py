@@ -236,11 +236,12 @@ def _pipe_peer(p) -> Peer:
     return windows_peer(p.pid, p.user_sid, p.sids_in_force) if p is not None else UNKNOWN
 
 
-def control_server(address: str, engine, log, rejections=None, platform: str = sys.platform) -> ControlCore:
+def control_server(address: str, engine, log, rejections=None, platform: str = sys.platform,
+                   api=None) -> ControlCore:
     r"""The control channel's transport for this platform (on Windows the config's
     control_socket is a pipe name, \\.\pipe\cordon by default)."""
     if platform.startswith("win"):
-        return PipeControlServer(address, engine, log, rejections=rejections)
+        return PipeControlServer(address, engine, log, rejections=rejections, api=api)
     return ControlServer(address, engine, log, rejections=rejections)
 
 

@@ -37,8 +37,9 @@ class ServiceRunner:
     """main(stop, serving) is the agent: it returns its exit code once `stop` is set, and
     calls serving() when it enforces the stored state and answers on its control channel."""
 
-    def __init__(self, api, main, name: str = SERVICE_NAME) -> None:
+    def __init__(self, api, main, name: str = SERVICE_NAME, stop_wait_hint_ms: int = STOP_WAIT_HINT_MS) -> None:
         self.api, self.main, self.name = api, main, name
+        self.stop_wait_hint_ms = stop_wait_hint_ms
         self.stop = threading.Event()
         self.exit_code: int | None = None
         self._lock = threading.Lock()
@@ -96,7 +97,7 @@ class ServiceRunner:
         if control in (SERVICE_CONTROL_STOP, SERVICE_CONTROL_SHUTDOWN):
             with self._lock:
                 if self._state == SERVICE_RUNNING:
-                    self._set(SERVICE_STOP_PENDING, STOP_WAIT_HINT_MS, 1)
+                    self._set(SERVICE_STOP_PENDING, self.stop_wait_hint_ms, 1)
             self.stop.set()
             self._progress.set()
             return NO_ERROR
