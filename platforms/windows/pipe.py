@@ -112,6 +112,7 @@ class PipeListener:
         self._stop = threading.Event()
         self._done = threading.Event()
         self._done.set()
+        self.problem: str | None = None   # why no instance is listening, while that lasts
         try:
             self._next = self.api.create_pipe(name, acl.PIPE_SDDL, first=True)
         except WinApiError as exc:
@@ -125,19 +126,33 @@ class PipeListener:
         self._done.clear()
         try:
             while not self._stop.is_set():
+                if self._next is None and not self._new_instance():
+                    self._stop.wait(ACCEPT_POLL_S)   # out of handles or memory: retry, never spin
+                    continue
                 if not self.api.connect_pipe(self._next, ACCEPT_POLL_S):
                     continue
                 conn = PipeConnection(self.api, self._next)
-                self._next = self.api.create_pipe(self.name, acl.PIPE_SDDL, first=False)
+                self._next = None
+                self._new_instance()   # the next client's instance, before this one is served
                 if accept(conn):
                     threading.Thread(target=work, args=(conn,), name="control-pipe", daemon=True).start()
         finally:
             self._done.set()
 
+    def _new_instance(self) -> bool:
+        try:
+            self._next = self.api.create_pipe(self.name, acl.PIPE_SDDL, first=False)
+            self.problem = None
+            return True
+        except WinApiError as exc:
+            self.problem = f"cannot add a pipe instance: {exc}"
+            return False
+
     def close(self) -> None:
         self._stop.set()
         self._done.wait()
-        self.api.close_handle(self._next)
+        if self._next is not None:
+            self.api.close_handle(self._next)
 
 
 def connect(name: str, timeout_s: float, api=None) -> tuple[PipeStream, PipePeer]:
