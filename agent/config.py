@@ -12,7 +12,7 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valid
 from agent.channel.settings import ConsoleConfig, uncovered_servers
 from agent.errors import FieldError, InvalidInput, from_pydantic
 from agent.fields import Address, HostAddress, Name, Ports, Protocol, check_icmp_ports
-from agent.paths import PATHS
+from agent.paths import PATHS, control_address_problem
 
 DEFAULT_PATH = PATHS.config
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -63,11 +63,19 @@ class Config(BaseModel):
     exceptions: ExceptionsConfig = ExceptionsConfig()
     console: ConsoleConfig | None = None   # DESIGN §10; absent = local control only
 
-    @field_validator("state_dir", "control_socket")
+    @field_validator("state_dir")
     @classmethod
     def _absolute(cls, v: str) -> str:
         if not v or not os.path.isabs(v) or "\0" in v:
             raise ValueError("must be an absolute path")
+        return v
+
+    @field_validator("control_socket")
+    @classmethod
+    def _control_address(cls, v: str) -> str:
+        problem = control_address_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
     @model_validator(mode="after")

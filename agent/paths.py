@@ -36,3 +36,15 @@ def platform_paths(platform: str = sys.platform, environ=os.environ) -> Paths:
 
 
 PATHS = platform_paths()
+
+
+def control_address_problem(value: str, platform: str = sys.platform) -> str | None:
+    """Why `control_socket` cannot be this platform's control channel, or None."""
+    if "\0" in value:
+        return "must not contain NUL"
+    if platform.startswith("win"):
+        prefix = "\\\\.\\pipe\\"
+        if not value.lower().startswith(prefix) or len(value) == len(prefix) or "\\" in value[len(prefix):]:
+            return "must be a local named pipe, \\\\.\\pipe\\NAME"
+        return None
+    return None if value.startswith("/") else "must be an absolute path"

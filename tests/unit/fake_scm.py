@@ -21,6 +21,7 @@ class FakeScm:
         self.history: dict[str, list] = {}    # name -> every ServiceStatus the service reported
         self.handlers: dict[int, tuple[str, object]] = {}
         self.dispatcher_returned = threading.Event()
+        self.observer = None    # called with (name, status) on every accepted report
 
     def _handle(self, name: str | None) -> int:
         self._next += 1
@@ -133,6 +134,8 @@ class FakeScm:
             if status.state == fw.STOPPED and status.win32_exit_code == 1066 and not status.service_exit_code:
                 raise fw.ScmViolation(f"{name}: ERROR_SERVICE_SPECIFIC_ERROR without a service exit code")
             self.history[name].append(replace(status))
+            if self.observer is not None:
+                self.observer(name, status)
             self.cv.notify_all()
 
     def control(self, name: str, control: int) -> int:
@@ -141,7 +144,7 @@ class FakeScm:
             last = self._last(name)
             if last is None or last.state != fw.RUNNING or not last.controls_accepted & fw.ACCEPT[control]:
                 raise fw.FakeWinError("ControlService", fw.ERROR_INVALID_SERVICE_CONTROL)
-        handler = next(h for n, h in self.handlers.values() if n == name)
+        handler = [h for n, h in self.handlers.values() if n == name][-1]   # this run's registration
         return handler(control)
 
     def wait_state(self, name: str, state: int, timeout_s: float) -> bool:
