@@ -14,7 +14,7 @@ from agent.engine import Engine
 from agent.errors import ApplyFailed
 from agent.log import RateLimited, audit_log_path, configure, reopen_audit_log
 from agent.refresher import Refresher
-from agent.server import control_server
+from agent.control import control_server
 from agent.store import Store
 from platforms import backend_class
 from platforms.base import BackendUnavailable

@@ -13,7 +13,7 @@ from agent.engine import Engine
 from agent.errors import NotPermitted
 from agent.log import null_logger
 from agent.peers import Peer, may_change_state, windows_peer
-from agent.server import PipeControlServer
+from agent.pipe_server import PipeControlServer
 from agent.store import Store
 from platforms.windows import acl
 from platforms.windows.pipe import PipeListener, peer_of
@@ -166,3 +166,24 @@ def test_the_client_refuses_a_pipe_served_by_an_unprivileged_process(world):
     finally:
         squatter.close()
         t.join(timeout=30)
+
+
+def test_the_windows_code_path_imports_without_af_unix_fcntl_or_sighup():
+    """CPython on Windows has no AF_UNIX, no socketserver.UnixStreamServer, no fcntl, no SIGHUP:
+    everything `cordon run` and the CLI load there must import without them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = (
+        "import sys, socket, socketserver, signal\n"
+        "import psutil  # its Linux module needs AF_UNIX; its Windows one does not\n"
+        "del socket.AF_UNIX; del socketserver.UnixStreamServer; del signal.SIGHUP\n"
+        "sys.modules['fcntl'] = None\n"
+        "import agent.cli, agent.daemon, agent.winservice, agent.pipe_server, agent.client, agent.instance\n"
+        "import platforms.windows.install, platforms.windows.service, platforms.windows.pipe\n"
+        "from agent.paths import platform_paths\n"
+        "print(platform_paths('win32', {}).control_socket)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == r"\\.\pipe\cordon"

@@ -9,7 +9,7 @@ import pytest
 
 from agent import client, daemon, winservice
 from agent.config import parse_config
-from agent.server import control_server
+from agent.control import control_server
 from agent.store import Store
 from platforms.windows.service import NotUnderScm, ServiceRunner
 from platforms.windows.winapi import ServiceStatus
