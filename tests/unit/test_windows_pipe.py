@@ -169,8 +169,9 @@ def test_the_client_refuses_a_pipe_served_by_an_unprivileged_process(world):
 
 
 def test_the_windows_code_path_imports_without_af_unix_fcntl_or_sighup():
-    """CPython on Windows has no AF_UNIX, no socketserver.UnixStreamServer, no fcntl, no SIGHUP:
-    everything `cordon run` and the CLI load there must import without them."""
+    """CPython on Windows has no AF_UNIX, no socketserver.UnixStreamServer, no fcntl, no SIGHUP,
+    no O_DIRECTORY/O_NOFOLLOW/O_CLOEXEC: what `cordon run` and the CLI load there must import
+    without them, and the state and audit writes must work without those flags."""
     import subprocess
     import sys
     from pathlib import Path
@@ -181,6 +182,11 @@ def test_the_windows_code_path_imports_without_af_unix_fcntl_or_sighup():
         "sys.modules['fcntl'] = None\n"
         "import agent.cli, agent.daemon, agent.winservice, agent.pipe_server, agent.client, agent.instance\n"
         "import platforms.windows.install, platforms.windows.service, platforms.windows.pipe\n"
+        "import os, pathlib, tempfile\n"
+        "for flag in ('O_DIRECTORY', 'O_NOFOLLOW', 'O_CLOEXEC'): delattr(os, flag)  # none on Windows\n"
+        "d = pathlib.Path(tempfile.mkdtemp())\n"
+        "from platforms.durable import write_atomic; write_atomic(d / 'state.json', b'{}')\n"
+        "from agent.log import AuditFile; AuditFile(d / 'logs' / 'audit.log', 1 << 20).reopen()\n"
         "from agent.paths import platform_paths\n"
         "print(platform_paths('win32', {}).control_socket)\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
