@@ -107,9 +107,9 @@ def _print_status(st: dict, *, live: bool) -> None:
 # -- commands -------------------------------------------------------------------------
 def cmd_run(args) -> int:
     if sys.platform.startswith("win"):
-        from agent.winservice import run
-    else:
-        from agent.daemon import run
+        from agent.winservice import run as run_service
+        return run_service(lambda: _config(args))
+    from agent.daemon import run
     return run(_config(args))
 
 

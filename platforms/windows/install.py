@@ -8,6 +8,7 @@ r"""Install (or repair) the Cordon service: `python -m platforms.windows.install
   (quoted: an unquoted path with spaces would run C:\Program.exe), automatic start, not
   delayed (it must enforce early in boot), after the Base Filtering Engine (WinDivert's
   driver registers WFP callouts, so BFE must run first).
+- Started only when the config exists (an agent without one would only fail and restart).
 - Recovery: restart on every failure (the last action repeats for any later failure, so
   the SCM never gives up on an agent that may be isolating the host), the failure count
   reset after a day, and the actions also apply when the agent stops with a non-zero exit
@@ -74,6 +75,9 @@ def install(api, exe: str, paths: WindowsPaths, start: bool = True) -> None:
             api.set_failure_actions(svc, RESET_PERIOD_S, RESTART_DELAYS_MS)
             api.set_failure_actions_on_non_crash(svc, True)
             api.set_delayed_auto_start(svc, False)
+            if start and not api.path_exists(paths.config):
+                start = False
+                print(f"not started: write {paths.config} first (see cordon(8)), then: sc.exe start {SERVICE_NAME}")
             if start:
                 try:
                     api.start_service(svc)

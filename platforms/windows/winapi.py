@@ -229,6 +229,10 @@ class WinApi:
         finally:
             self.k32.LocalFree(sd)
 
+    def path_exists(self, path: str) -> bool:
+        import os
+        return os.path.exists(path)
+
     def secure_directory(self, path: str, sddl: str) -> None:
         """Create the directory if missing, then set its owner and protected DACL."""
         import os

@@ -156,6 +156,7 @@ class World:
         self.scm = FakeScm(self)
         self.files: dict[str, Descriptor] = {}
         self.owners: dict[str, str] = {}
+        self.plain_files: set[str] = set()   # files that exist (no security of interest)
 
     def new_handle(self, inst: _Instance, side: str) -> int:
         self._next += 4
@@ -269,6 +270,9 @@ class FakeWinApi:
                         lst.remove(inst)
 
     # files
+    def path_exists(self, path: str) -> bool:
+        return path in self.world.files or path in self.world.plain_files
+
     def owner_sid(self, path: str) -> str | None:
         return self.world.owners.get(path)
 

@@ -21,7 +21,9 @@ FILE_WRITE_DATA, FILE_ADD_SUBDIRECTORY = 0x2, 0x4
 
 @pytest.fixture
 def world():
-    return fw.World()
+    w = fw.World()
+    w.plain_files.add(ROOT + r"\agent.toml")   # the admin wrote the config (cordon(8))
+    return w
 
 
 def installed(world, *extra) -> int:
@@ -106,6 +108,13 @@ def test_a_directory_another_account_created_first_is_refused(world, capsys):
 def test_a_relative_or_quoted_exe_is_refused(world, exe):
     assert install.main(["--exe", exe, "--program-data", PD], api=world.process(fw.ELEVATED_ADMIN)) == 1
     assert world.scm.services == {}
+
+
+def test_without_a_config_it_installs_but_does_not_start(world, capsys):
+    world.plain_files.clear()
+    assert installed(world) == 0
+    assert world.scm.services["Cordon"].started == 0
+    assert "agent.toml" in capsys.readouterr().out
 
 
 def test_no_start_installs_without_starting(world):

@@ -53,7 +53,7 @@ class Machine:
         assert self.world.scm.wait_state("Cordon", fw.RUNNING, JOIN_S), self.world.scm.states("Cordon")
 
     def _process(self):
-        self.exit_code = winservice.run(self.config, api=self.system)
+        self.exit_code = winservice.run(lambda: self.config, api=self.system)
 
     def wait_exit(self):
         self.thread.join(JOIN_S)
@@ -148,6 +148,15 @@ def test_a_failing_agent_stops_with_its_exit_code_so_recovery_restarts_it(machin
     world.scm.services["Cordon"].on_non_crash = True   # what the installer sets
     assert world.scm.recovers_from_stop("Cordon", last)
     assert world.scm.recovery_after("Cordon", 1) == ("restart", 0)
+
+
+def test_a_bad_config_stops_the_service_with_exit_code_2(machine):
+    from agent.config import load_config
+    machine.world.scm.launching = "Cordon"
+    code = winservice.run(lambda: load_config(str(machine.config.state_dir) + "/missing.toml"), api=machine.system)
+    last = machine.last()
+    assert code == 2 and last.state == fw.STOPPED and (last.win32_exit_code, last.service_exit_code) == (1066, 2)
+    assert machine.world.scm.states("Cordon") == [fw.START_PENDING, fw.STOPPED]
 
 
 def test_from_a_console_it_is_not_a_service(machine):
