@@ -67,7 +67,7 @@ class ServiceRunner:
         ticker.start()
         try:
             code = self.main(self.stop, self._serving)
-        except Exception as exc:  # noqa: BLE001 - the SCM must hear STOPPED whatever happened
+        except BaseException as exc:  # noqa: BLE001 - the SCM must hear STOPPED whatever happened
             code = getattr(exc, "exit_code", 1) or 1
         self.exit_code = code
         self._report(SERVICE_STOPPED, 0, exit_code=code)

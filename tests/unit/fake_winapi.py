@@ -138,7 +138,8 @@ class _Instance:
     name: str
     sd: Descriptor
     server: Token
-    client: Token | None = None
+    client: Token | None = None         # the client process's token
+    client_thread: Token | None = None  # the token the client opened with (impersonation sees it)
     server_end: _End = field(default_factory=_End)
     client_end: _End = field(default_factory=_End)
     listening: bool = True
@@ -172,6 +173,7 @@ class FakeWinApi:
 
     def __init__(self, world: World, token: Token) -> None:
         self.world, self.token = world, token
+        self.thread_token: Token | None = None   # a thread impersonating someone else
         self.calls: list[tuple] = []
 
     # pipes: server side
@@ -201,8 +203,8 @@ class FakeWinApi:
         inst, _ = self.world.handles[handle]
         if impersonate and not inst.server_end.read_any:
             raise FakeWinError("ImpersonateNamedPipeClient", ERROR_CANNOT_IMPERSONATE)
-        t = inst.client
-        return TokenIdentity(t.pid, t.user, t.groups)
+        t = inst.client_thread if impersonate else inst.client
+        return TokenIdentity(inst.client.pid, t.user, t.groups)
 
     def disconnect_pipe(self, handle: int) -> None:
         self._close_end(handle)
@@ -218,9 +220,10 @@ class FakeWinApi:
             if not w.cv.wait_for(free, timeout_s):
                 raise FakeWinError("CreateFileW", ERROR_PIPE_BUSY)
             inst = free()[0]
-            if not access_check(inst.sd, self.token, access):
+            opener = self.thread_token or self.token   # access is checked on the thread's token
+            if not access_check(inst.sd, opener, access):
                 raise FakeWinError("CreateFileW", ERROR_ACCESS_DENIED)
-            inst.client, inst.listening = self.token, False
+            inst.client, inst.client_thread, inst.listening = self.token, opener, False
             w.cv.notify_all()
             return w.new_handle(inst, "client")
 

@@ -111,6 +111,18 @@ def test_the_audit_names_the_caller_by_sid(world, agent):
     assert isolated[0]["caller_pid"] == fw.ELEVATED_ADMIN.pid
 
 
+def test_permissions_come_from_the_token_the_client_opened_with(world, agent):
+    """An administrator's process whose thread impersonates a user (a broker acting for that
+    user) gets the user's rights: the impersonation token decides, not the process token."""
+    engine, _ = agent
+    broker = world.process(fw.ELEVATED_ADMIN)
+    broker.thread_token = fw.USER
+    with pytest.raises(NotPermitted):
+        client.call(PIPE, "isolate", {}, platform="win32", api=broker)
+    assert engine.state.state == "normal"
+    assert client.call(PIPE, "status", {}, platform="win32", api=broker)["state"] == "normal"
+
+
 def test_anonymous_cannot_even_open_the_pipe(world, agent):
     with pytest.raises(NotPermitted):
         call(world, fw.ANONYMOUS, "status")
