@@ -129,7 +129,12 @@ class PipeListener:
                 if self._next is None and not self._new_instance():
                     self._stop.wait(ACCEPT_POLL_S)   # out of handles or memory: retry, never spin
                     continue
-                if not self.api.connect_pipe(self._next, ACCEPT_POLL_S):
+                try:
+                    if not self.api.connect_pipe(self._next, ACCEPT_POLL_S):
+                        continue
+                except WinApiError:   # e.g. ERROR_NO_DATA: the client left before we accepted
+                    self.api.close_handle(self._next)
+                    self._next = None
                     continue
                 conn = PipeConnection(self.api, self._next)
                 self._next = None

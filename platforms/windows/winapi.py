@@ -119,6 +119,12 @@ class _SERVICE_TABLE_ENTRY(ctypes.Structure):
     _fields_ = [("lpServiceName", wt.LPWSTR), ("lpServiceProc", wt.LPVOID)]
 
 
+def _multi_sz(items: tuple[str, ...]) -> ctypes.Array:
+    """A REG_MULTI_SZ-style list ("a\0b\0\0"); a str with NULs cannot go through c_wchar_p."""
+    text = "".join(i + "\0" for i in items) + "\0"
+    return (ctypes.c_wchar * len(text))(*text)
+
+
 class WinApi:
     """The real thing. Handles are ints; every failure raises WinApiError."""
 
@@ -167,7 +173,7 @@ class WinApi:
                        dependencies: tuple[str, ...]) -> int:
         """CreateServiceW as LocalSystem, own process; ERROR_SERVICE_EXISTS if it exists."""
         self.adv.CreateServiceW.restype = wt.HANDLE
-        deps = "".join(d + "\0" for d in dependencies) + "\0"
+        deps = _multi_sz(dependencies)
         return self._check("CreateServiceW", self.adv.CreateServiceW(
             wt.HANDLE(scm), name, display_name, SERVICE_ALL_ACCESS, SERVICE_WIN32_OWN_PROCESS, start_type,
             SERVICE_ERROR_NORMAL, command_line, None, None, deps, None, None))
@@ -178,7 +184,7 @@ class WinApi:
 
     def change_service(self, svc: int, display_name: str, command_line: str, start_type: int,
                        dependencies: tuple[str, ...]) -> None:
-        deps = "".join(d + "\0" for d in dependencies) + "\0"
+        deps = _multi_sz(dependencies)
         self._check("ChangeServiceConfigW", self.adv.ChangeServiceConfigW(
             wt.HANDLE(svc), SERVICE_WIN32_OWN_PROCESS, start_type, SERVICE_ERROR_NORMAL, command_line,
             None, None, deps, None, None, display_name))
@@ -262,14 +268,17 @@ class WinApi:
     def open_pipe(self, name: str, access: int, timeout_s: float) -> int:
         """CreateFileW on the pipe (Identification level only: the server may read who we
         are, never act as us), waiting up to timeout_s while every instance is busy."""
+        import time
         self.k32.CreateFileW.restype = wt.HANDLE
+        deadline = time.monotonic() + timeout_s
         while True:
             h = self.k32.CreateFileW(name, access, 0, None, OPEN_EXISTING,
                                      FILE_FLAG_OVERLAPPED | SECURITY_SQOS_PRESENT | SECURITY_IDENTIFICATION, None)
             if h not in (None, wt.HANDLE(-1).value):
                 return h
             err = ctypes.get_last_error()
-            if err != ERROR_PIPE_BUSY or not self.k32.WaitNamedPipeW(name, int(timeout_s * 1000)):
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if err != ERROR_PIPE_BUSY or left_ms <= 0 or not self.k32.WaitNamedPipeW(name, left_ms):
                 raise WinApiError("CreateFileW", err)
 
     def _io(self, call: str, handle: int, start, timeout_s: float | None) -> int:

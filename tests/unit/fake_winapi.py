@@ -196,8 +196,11 @@ class FakeWinApi:
     def connect_pipe(self, handle: int, timeout_s: float) -> bool:
         inst, _ = self.world.handles[handle]
         with self.world.cv:
-            return self.world.cv.wait_for(lambda: inst.client is not None or inst.server_end.closed, timeout_s) \
+            ok = self.world.cv.wait_for(lambda: inst.client is not None or inst.server_end.closed, timeout_s) \
                 and inst.client is not None
+            if ok and inst.client_end.closed and not inst.server_end.inbox:
+                raise FakeWinError("ConnectNamedPipe", ERROR_NO_DATA)   # it came and went already
+            return ok
 
     def pipe_client(self, handle: int, impersonate: bool):
         inst, _ = self.world.handles[handle]

@@ -146,6 +146,13 @@ def test_many_sequential_clients_each_get_an_instance(world, agent):
         assert call(world, fw.USER, "status")["state"] == "normal"
 
 
+def test_clients_that_leave_at_once_do_not_stop_the_accept_loop(world, agent):
+    for _ in range(5):
+        api = world.process(fw.USER)
+        api.close_handle(api.open_pipe(PIPE, acl.PIPE_CLIENT_ACCESS, 10))
+    assert call(world, fw.USER, "status")["state"] == "normal"
+
+
 def test_agent_down_is_agent_not_running(world):
     from agent.errors import AgentNotRunning
     with pytest.raises(AgentNotRunning):
