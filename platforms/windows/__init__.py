@@ -1,5 +1,6 @@
 """Windows as a service host (not a backend; the backend is platforms.windivert):
 
+  abi.py      the documented constants and the values the seam passes (plain Python)
   winapi.py   the thin OS-API seam: advapi32/kernel32 through ctypes, loaded only on Windows
   acl.py      the security descriptors (SDDL) of the pipe and of %ProgramData%\\Cordon, and
               which token groups count for an access check

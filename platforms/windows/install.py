@@ -23,7 +23,8 @@ import sys
 from platforms.windows import acl
 from platforms.windows.paths import WindowsPaths, windows_paths
 from platforms.windows.service import SERVICE_NAME
-from platforms.windows.winapi import ERROR_SERVICE_EXISTS, SERVICE_AUTO_START, WinApi, WinApiError
+from platforms.windows.abi import ERROR_SERVICE_EXISTS, SERVICE_AUTO_START, WinApiError
+from platforms.windows.winapi import WinApi
 
 DISPLAY_NAME = "Cordon endpoint isolation agent"
 DESCRIPTION = "Isolates this host on request of the incident responder."

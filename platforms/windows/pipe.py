@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 from platforms.windows import acl
 from platforms.windows.paths import PIPE_NAME
-from platforms.windows.winapi import (ERROR_ACCESS_DENIED, ERROR_FILE_NOT_FOUND, ERROR_PIPE_BUSY, TokenIdentity,
-                                      WinApi, WinApiError)
+from platforms.windows.abi import ERROR_ACCESS_DENIED, ERROR_FILE_NOT_FOUND, ERROR_PIPE_BUSY, TokenIdentity, WinApiError
+from platforms.windows.winapi import WinApi
 
 ACCEPT_POLL_S = 0.5   # how often the accept loop looks whether it was closed
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 
-from platforms.windows.winapi import (ERROR_CALL_NOT_IMPLEMENTED, ERROR_FAILED_SERVICE_CONTROLLER_CONNECT,
+from platforms.windows.abi import (ERROR_CALL_NOT_IMPLEMENTED, ERROR_FAILED_SERVICE_CONTROLLER_CONNECT,
                                       ERROR_SERVICE_SPECIFIC_ERROR, NO_ERROR, SERVICE_ACCEPT_SHUTDOWN,
                                       SERVICE_ACCEPT_STOP, SERVICE_CONTROL_INTERROGATE, SERVICE_CONTROL_SHUTDOWN,
                                       SERVICE_CONTROL_STOP, SERVICE_RUNNING, SERVICE_START_PENDING,

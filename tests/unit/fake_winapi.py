@@ -18,7 +18,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 
-from platforms.windows.winapi import TokenIdentity, WinApiError
+from platforms.windows.abi import TokenIdentity, WinApiError
 
 # -- documented values (winnt.h, winsvc.h, winerror.h) -----------------------------------
 SY, BA, BU, WD, AU, IU = "S-1-5-18", "S-1-5-32-544", "S-1-5-32-545", "S-1-1-0", "S-1-5-11", "S-1-5-4"

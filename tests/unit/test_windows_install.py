@@ -9,7 +9,8 @@ import pytest
 
 from agent.paths import platform_paths
 from platforms.windows import install
-from platforms.windows.winapi import ServiceStatus, WinApi, WinApiError
+from platforms.windows.abi import ServiceStatus, WinApiError
+from platforms.windows.winapi import WinApi
 from tests.unit import fake_winapi as fw
 from tests.unit.fake_scm import SERVICE_AUTO_START
 

@@ -67,7 +67,7 @@ def test_pipe_acl_grants_exactly_what_design_says():
 @pytest.mark.parametrize("token,privileged", [(fw.SYSTEM, True), (fw.ELEVATED_ADMIN, True),
                                               (fw.FILTERED_ADMIN, False), (fw.USER, False), (fw.ANONYMOUS, False)])
 def test_token_decision(token, privileged):
-    from platforms.windows.winapi import TokenIdentity
+    from platforms.windows.abi import TokenIdentity
     p = peer_of(TokenIdentity(token.pid, token.user, token.groups))
     assert may_change_state(windows_peer(p.pid, p.user_sid, p.sids_in_force)) is privileged
 

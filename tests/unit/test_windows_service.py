@@ -12,7 +12,7 @@ from agent.config import parse_config
 from agent.control import control_server
 from agent.store import Store
 from platforms.windows.service import NotUnderScm, ServiceRunner
-from platforms.windows.winapi import ServiceStatus
+from platforms.windows.abi import ServiceStatus
 from tests.unit import fake_winapi as fw
 from tests.unit.memory_backend import MemoryBackend
 
