@@ -12,9 +12,9 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valid
 from agent.channel.settings import ConsoleConfig, uncovered_servers
 from agent.errors import FieldError, InvalidInput, from_pydantic
 from agent.fields import Address, HostAddress, Name, Ports, Protocol, check_icmp_ports
-from agent.paths import PATHS, control_address_problem
+from agent.paths import control_address_problem, installed
 
-DEFAULT_PATH = PATHS.config
+DEFAULT_PATH = installed().config  # /etc/cordon/agent.toml; macOS: /Library/Application Support/Cordon/
 MAX_CONFIG_BYTES = 1024 * 1024
 
 
@@ -57,8 +57,8 @@ class Config(BaseModel):
 
     sensor_type: Literal["endpoint_sensor", "security_agent"] = "endpoint_sensor"
     backend: Literal["auto", "nftables", "pf", "windivert"] = "auto"
-    state_dir: str = PATHS.state_dir
-    control_socket: str = PATHS.control_socket
+    state_dir: str = Field(default_factory=lambda: installed().state_dir)            # agent.paths, per OS
+    control_socket: str = Field(default_factory=lambda: installed().control_socket)
     vendor: Vendor
     exceptions: ExceptionsConfig = ExceptionsConfig()
     console: ConsoleConfig | None = None   # DESIGN §10; absent = local control only
@@ -73,7 +73,7 @@ class Config(BaseModel):
     @field_validator("control_socket")
     @classmethod
     def _control_address(cls, v: str) -> str:
-        problem = control_address_problem(v)
+        problem = control_address_problem(v)   # a Unix socket path, or \\.\pipe\NAME on Windows
         if problem:
             raise ValueError(problem)
         return v
@@ -89,11 +89,11 @@ class Config(BaseModel):
 
     @property
     def audit_log(self) -> Path:
-        return Path(PATHS.logs_dir or self.state_dir) / "audit.log"
+        return Path(self.state_dir) / "audit.log"
 
 
 def config_path(cli_value: str | None) -> str:
-    """--config > $CORDON_CONFIG > this platform's default (agent.paths)."""
+    """--config > $CORDON_CONFIG > this OS's installed config (agent.paths)."""
     return cli_value or os.environ.get("CORDON_CONFIG") or DEFAULT_PATH
 
 

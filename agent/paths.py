@@ -1,13 +1,15 @@
-"""Where the agent keeps its config, state, logs and control channel, per platform: the one
-place that chooses them (DESIGN §2, §8). The config's `state_dir` and `control_socket`
-default to these; `--config` and `$CORDON_CONFIG` still win for the config file.
+"""Where an installed agent keeps its files, per OS: the one place these paths are chosen.
 
-- Linux: /etc/cordon, /var/lib/cordon, /run/cordon/control.sock (logs: systemd's
-  LogsDirectory, else the state dir);
-- macOS: paths that exist on a sealed system volume: /Library/Application Support/Cordon
-  and /var/run/cordon/control.sock;
-- Windows: %ProgramData%\\Cordon (agent.toml, state, logs) and the named pipe
-  \\\\.\\pipe\\cordon (platforms.windows.paths; the installer sets the ACLs).
+Linux follows the FHS and the systemd unit (StateDirectory, RuntimeDirectory, LogsDirectory).
+macOS has a sealed, read-only system volume: nothing under /usr or /System, and no /run;
+the writable places are /Library (the data volume) and /var/run (cleared at boot, like
+/run). The pkg (packaging/macos) installs exactly these paths.
+Windows keeps everything under %ProgramData%\\Cordon and talks on the named pipe
+\\\\.\\pipe\\cordon (platforms.windows.paths; the installer sets their ACLs).
+
+The config file may override state_dir and control_socket; the audit log goes to
+$LOGS_DIRECTORY (set by systemd's LogsDirectory=, by the launchd plist and, on Windows, by
+agent.winservice) when set.
 """
 from __future__ import annotations
 
@@ -18,28 +20,51 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Paths:
-    config: str
-    state_dir: str
-    control_socket: str
-    logs_dir: str | None   # None: $LOGS_DIRECTORY (systemd), else the state dir
+    config: str          # the agent config (TOML)
+    state_dir: str       # durable state, the pf token, the agent lock
+    control_socket: str  # the local control channel
+    logs_dir: str        # the audit log and the service's own output
+    console_key: str     # the console's public key ([console].public_key)
 
 
-def platform_paths(platform: str = sys.platform, environ=os.environ) -> Paths:
+LINUX = Paths(config="/etc/cordon/agent.toml",
+              state_dir="/var/lib/cordon",
+              control_socket="/run/cordon/control.sock",
+              logs_dir="/var/log/cordon",
+              console_key="/etc/cordon/console.pub")
+
+MACOS_SUPPORT = "/Library/Application Support/Cordon"
+MACOS = Paths(config=f"{MACOS_SUPPORT}/agent.toml",
+              state_dir=f"{MACOS_SUPPORT}/state",
+              control_socket="/var/run/cordon/control.sock",
+              logs_dir="/Library/Logs/Cordon",
+              console_key=f"{MACOS_SUPPORT}/console.pub")
+
+_BY_PLATFORM = {"linux": LINUX, "darwin": MACOS}
+
+
+def windows(environ=os.environ) -> Paths:
+    from platforms.windows.paths import windows_paths
+    w = windows_paths(environ=environ)
+    return Paths(config=w.config, state_dir=w.state_dir, control_socket=w.pipe, logs_dir=w.logs_dir,
+                 console_key=w.console_key)
+
+
+def paths_for(platform: str, environ=os.environ) -> Paths:
+    """The layout for a `sys.platform` value; other Unixes get the Linux one."""
     if platform.startswith("win"):
-        from platforms.windows.paths import windows_paths
-        w = windows_paths(environ=environ)
-        return Paths(w.config, w.state_dir, w.pipe, w.logs_dir)
-    if platform == "darwin":
-        base = "/Library/Application Support/Cordon"
-        return Paths(f"{base}/agent.toml", base, "/var/run/cordon/control.sock", None)
-    return Paths("/etc/cordon/agent.toml", "/var/lib/cordon", "/run/cordon/control.sock", None)
+        return windows(environ)
+    return _BY_PLATFORM.get(platform, LINUX)
 
 
-PATHS = platform_paths()
+def installed() -> Paths:
+    """This machine's layout (read at call time, so config defaults follow the OS)."""
+    return paths_for(sys.platform)
 
 
-def control_address_problem(value: str, platform: str = sys.platform) -> str | None:
+def control_address_problem(value: str, platform: str | None = None) -> str | None:
     """Why `control_socket` cannot be this platform's control channel, or None."""
+    platform = platform or sys.platform
     if "\0" in value:
         return "must not contain NUL"
     if platform.startswith("win"):

@@ -1,15 +1,13 @@
 """Who is on the other end of a control connection, and whether they may change state.
 
 The identity always comes from the operating system, never from what the client says:
-- Unix socket: the peer's credentials (SO_PEERCRED on Linux);
+- Unix socket: the peer's credentials (agent.peercred: SO_PEERCRED, LOCAL_PEERCRED);
 - Windows named pipe: the client's token, read by the server (platforms.windows.pipe).
 One rule decides for every transport (DESIGN §2, §7): root, or on Windows SYSTEM or an
 *enabled* Administrators group (a UAC-filtered admin token holds it deny-only), may isolate,
 release and set policy; everyone else may only read (status, policy show)."""
 from __future__ import annotations
 
-import socket
-import struct
 from dataclasses import dataclass, field
 
 from platforms.windows.acl import SID_ADMINISTRATORS, SID_SYSTEM
@@ -38,11 +36,9 @@ def may_change_state(peer: Peer) -> bool:
     return bool(peer.principals & PRIVILEGED)
 
 
-def unix_peer(sock: socket.socket) -> Peer:
-    """SO_PEERCRED: the uid the kernel recorded when the peer connected."""
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, _gid = struct.unpack("3i", creds)
-    return Peer(pid, uid, frozenset({f"uid:{uid}"}))
+def unix_peer(cred) -> Peer:
+    """A Unix socket peer from the kernel's credentials (agent.peercred, per OS)."""
+    return Peer(cred.pid, cred.uid, frozenset({f"uid:{cred.uid}"}))
 
 
 def windows_peer(pid: int | None, user_sid: str, sids_in_force: frozenset[str]) -> Peer:

@@ -1,8 +1,9 @@
 """The control channel on a Unix stream socket (Linux, macOS): see agent.control.
 
-Any local user may connect; changes need root, checked on the peer's credentials
-(SO_PEERCRED), never on anything the client says about itself. Admission is decided on
-the uid at accept, in the accept loop, before a thread is spent or a byte is read.
+Any local user may connect; changes need root, checked on the peer's credentials as the
+kernel reports them (agent.peercred: SO_PEERCRED on Linux, LOCAL_PEERCRED on macOS), never
+on anything the client says about itself. Admission is decided on the uid at accept, in the
+accept loop, before a thread is spent or a byte is read.
 """
 from __future__ import annotations
 
@@ -10,15 +11,13 @@ import os
 import socket
 import socketserver
 from pathlib import Path
+from typing import Callable
 
 from agent import protocol
 from agent.admission import Admission
 from agent.control import REPLY_TIMEOUT_S, ControlCore
+from agent import peercred
 from agent.peers import UNKNOWN, Peer, unix_peer
-
-
-def peer_credentials(sock: socket.socket) -> dict:
-    return unix_peer(sock).actor()
 
 
 def send_and_close(sock: socket.socket, msg: dict, timeout: float = REPLY_TIMEOUT_S) -> None:
@@ -47,8 +46,10 @@ class ControlServer(ControlCore, socketserver.ThreadingMixIn, socketserver.UnixS
     daemon_threads = True
     request_queue_size = 512  # a burst of local clients is queued, not refused (EAGAIN)
 
-    def __init__(self, path: str, engine, log, admission: Admission | None = None, rejections=None) -> None:
+    def __init__(self, path: str, engine, log, admission: Admission | None = None, rejections=None,
+                 peer: Callable[[socket.socket], peercred.Peer] | None = None) -> None:
         self._init_core(engine, log, admission, rejections)
+        self._peer = peer or peercred.reader_for()  # this OS's credential reader
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
         if p.is_socket():
@@ -68,8 +69,8 @@ class ControlServer(ControlCore, socketserver.ThreadingMixIn, socketserver.UnixS
 
     def peer_of(self, request) -> Peer:
         try:
-            return unix_peer(request)
-        except OSError:
+            return unix_peer(self._peer(request))
+        except OSError:  # unreadable credentials: nobody, read-only
             return UNKNOWN
 
     def close(self) -> None:

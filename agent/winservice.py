@@ -6,11 +6,15 @@ ends as STOPPED with its exit code (2: invalid input) instead of the SCM's "did 
 timeout; the installer's recovery actions then restart it at their pace."""
 from __future__ import annotations
 
+import os
+
 from agent import daemon
+from agent.paths import installed
 
 
 def run(load_config, api=None) -> int:
     """load_config() -> Config (raises InvalidInput on a bad config)."""
+    os.environ.setdefault("LOGS_DIRECTORY", installed().logs_dir)   # like systemd's LogsDirectory=
     from platforms.windows.service import NotUnderScm, ServiceRunner
     if api is None:
         from platforms.windows.winapi import WinApi

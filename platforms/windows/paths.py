@@ -16,6 +16,7 @@ class WindowsPaths:
     config: str
     state_dir: str
     logs_dir: str
+    console_key: str
     pipe: str = PIPE_NAME
 
 
@@ -23,4 +24,4 @@ def windows_paths(program_data: str | None = None, environ=os.environ) -> Window
     base = program_data or environ.get("ProgramData") or DEFAULT_PROGRAM_DATA
     root = ntpath.join(base, "Cordon")
     return WindowsPaths(root=root, config=ntpath.join(root, "agent.toml"), state_dir=ntpath.join(root, "state"),
-                        logs_dir=ntpath.join(root, "logs"))
+                        logs_dir=ntpath.join(root, "logs"), console_key=ntpath.join(root, "console.pub"))

@@ -7,7 +7,7 @@ import ntpath
 
 import pytest
 
-from agent.paths import platform_paths
+from agent.paths import paths_for
 from platforms.windows import install
 from platforms.windows.abi import ServiceStatus, WinApiError
 from platforms.windows.winapi import WinApi
@@ -76,14 +76,14 @@ def test_programdata_dirs_grant_exactly_what_design_says(world):
 
 def test_the_agent_uses_the_directories_the_installer_secured(world):
     installed(world)
-    p = platform_paths("win32", {"ProgramData": PD})
+    p = paths_for("win32", {"ProgramData": PD})
     assert ntpath.dirname(p.config) in world.files and p.state_dir in world.files and p.logs_dir in world.files
     assert p.control_socket == r"\\.\pipe\cordon"
     assert p.config == ROOT + r"\agent.toml"
 
 
 def test_linux_paths_are_the_documented_ones():
-    p = platform_paths("linux", {})
+    p = paths_for("linux", {})
     assert (p.config, p.state_dir, p.control_socket) == ("/etc/cordon/agent.toml", "/var/lib/cordon",
                                                          "/run/cordon/control.sock")
 

@@ -206,8 +206,8 @@ def test_the_windows_code_path_imports_without_af_unix_fcntl_or_sighup():
         "d = pathlib.Path(tempfile.mkdtemp())\n"
         "from platforms.durable import write_atomic; write_atomic(d / 'state.json', b'{}')\n"
         "from agent.log import AuditFile; AuditFile(d / 'logs' / 'audit.log', 1 << 20).reopen()\n"
-        "from agent.paths import platform_paths\n"
-        "print(platform_paths('win32', {}).control_socket)\n")
+        "from agent.paths import paths_for\n"
+        "print(paths_for('win32', {}).control_socket)\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
