@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from platforms.plan import DHCP_CLIENT_PORT, DHCP_SERVER_PORT, Plan
+from platforms.plan import Plan
 from platforms.durable import remove_durable, write_atomic
 from platforms.base import Backend, BackendError, BackendUnavailable, Capabilities, ReadBack, Support
 from platforms.pf import render as pf_render
@@ -106,7 +106,7 @@ def state_allowed(s: State, plan: Plan) -> bool:
         return True
     if remote.version != 4:
         return False
-    if plan.dhcp and s.proto == "udp" and (s.local_port, s.remote_port) == (DHCP_CLIENT_PORT, DHCP_SERVER_PORT):
+    if s.proto == "udp" and plan.dhcp_sends_to(s.local_port, str(remote), s.remote_port):
         return True
     return plan.allows(s.proto, remote, s.local_port, s.remote_port, s.direction)
 
