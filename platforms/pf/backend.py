@@ -241,7 +241,7 @@ class PfBackend(Backend):
         if not point_ok:
             problems.append(why)
         details.update(rules=len(listing.strip().splitlines()), tables=len(tables), atoms=len(res.atoms),
-                       dhcp=res.dhcp, anchor_point=point_ok, problems=problems,
+                       dhcp=res.dhcp, dhcp_servers=list(res.dhcp_servers), anchor_point=point_ok, problems=problems,
                        token_registered=bool(token) and self._token_registered(token))
         digest = res.digest() if enabled and point_ok else None
         return ReadBack(present=True, digest=digest, details=details)
