@@ -41,6 +41,18 @@ class Vendor(BaseModel):
     endpoints: Annotated[tuple[VendorEndpoint, ...], Field(strict=False, min_length=1)]
     dns_servers: Annotated[tuple[HostAddress, ...], Field(strict=False)] = ()
     dhcp: StrictBool = True
+    # Where the host's DHCP client keeps its leases (paths or globs; absent = the standard
+    # places of dhclient, systemd-networkd, NetworkManager and dhcpcd: agent/dhcp_leases.py).
+    # DHCP passes only to the broadcast address and the servers these leases name.
+    dhcp_lease_files: Annotated[tuple[str, ...] | None, Field(strict=False, max_length=16)] = None
+
+    @field_validator("dhcp_lease_files")
+    @classmethod
+    def _absolute_lease_files(cls, v):
+        for path in v or ():
+            if not path or not os.path.isabs(path) or "\0" in path:
+                raise ValueError(f"{path!r} must be an absolute path")
+        return v
 
 
 class ExceptionsConfig(BaseModel):
