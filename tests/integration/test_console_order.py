@@ -18,7 +18,8 @@ import pytest
 from agent.channel import wire as fmt
 from tests.harness.lab import load_factor
 from tests.harness.probe import ALLOWED, BLOCKED
-from tests.integration.console_fixtures import agents, broker, console, lab, wire  # noqa: F401
+from tests.integration.console_fixtures import (agents, block_broker, broker, console, lab, wait_audit,  # noqa: F401
+                                                wire)
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -82,26 +83,6 @@ def _check(eps, oracle, name):
         assert st["backend"]["enforcing"] is True, f"{name}: {agent_id}"
 
 
-def _wait_audit(agent, event, count, timeout=60):
-    deadline = time.monotonic() + timeout * load_factor()
-    while len(agent.audit_events(event)) < count:
-        assert time.monotonic() < deadline, f"no {event} x{count} within {timeout}s:\n{agent.stderr_tail()}"
-        time.sleep(0.05)
-
-
-def _block(lab, on: bool) -> None:
-    """In the router (a lab namespace): drop both endpoints' packets to the broker port."""
-    if on:
-        lab.run("router", "nft", "add", "table", "inet", "lab_order_block")
-        lab.run("router", "nft", "add", "chain", "inet", "lab_order_block", "hold",
-                "{ type filter hook forward priority 0; }")
-        for host in AGENTS.values():
-            lab.run("router", "nft", "add", "rule", "inet", "lab_order_block", "hold", "ip", "saddr",
-                    lab.addr(host, 4), "tcp", "dport", "4222", "drop")
-    else:
-        lab.run("router", "nft", "delete", "table", "inet", "lab_order_block")
-
-
 def test_fleet_and_agent_commands_apply_in_stream_order(lab, broker, console, agents, wire):
     eps = dict(zip(AGENTS, agents(*((a, h, "endpoint_sensor") for a, h in AGENTS.items()))))
     key = fmt.load_private_key(console.key)
@@ -115,13 +96,13 @@ def test_fleet_and_agent_commands_apply_in_stream_order(lab, broker, console, ag
     # 2. Disconnected while published: the backlog on both consumers arrives at once.
     broker.kill()
     for ep in eps.values():
-        _wait_audit(ep, "console_disconnected", 1)
-    _block(lab, True)
+        wait_audit(ep, "console_disconnected", 1)
+    block_broker(lab, AGENTS.values(), True)
     broker.start()
     try:
         round2 = _publish(wire, key, ROUNDS["disconnected"])
     finally:
-        _block(lab, False)
+        block_broker(lab, AGENTS.values(), False)
     published += round2
     _wait_results(wire, round2)
     _check(eps, expected(published), "disconnected")
