@@ -13,7 +13,16 @@ released only when the other consumer is known to hold nothing older: it has a h
 its own with a higher sequence, or its consumer info (asked after the message was
 delivered) shows nothing undelivered and nothing unacked below it. Otherwise wait for
 that consumer's own delivery (e.g. a message lost in a reconnect comes back after
-ack_wait) — a later command never overtakes an earlier one."""
+ack_wait) — a later command never overtakes an earlier one.
+
+Why the consumer info is proof (nats-server 2.9.10, consumer.go): num_pending is counted
+from the store at the time of the request (FilteredState from the consumer's next
+sequence), not from the signals that wake consumers, which trail the publish ack; with
+one message unacked the consumer scans no further, so delivered.stream_seq is that
+message. The console's publish is acked once stored, so an older command is in the store
+before a newer one exists. In a cluster the other consumer's leader reads its own replica,
+which can trail the stream's leader by one replication step: a command that loses that
+race is refused as superseded (replay.py), never applied out of order."""
 from __future__ import annotations
 
 import asyncio
