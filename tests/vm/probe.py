@@ -15,6 +15,7 @@ import base64
 import json
 import time
 
+from tests.harness.lab import load_factor
 from tests.harness.probe import (ALLOWED, BLOCKED, ERROR, LocalError, Probe, Result, _control,
                                  new_nonce, round_trip)
 
@@ -46,6 +47,7 @@ async def _host_trip(lab, ns, addr, p: Probe, nonce, timeout, sport=None):
 
 async def _probe_many(lab, probes: list[Probe], timeout: float) -> list[Result]:
     t0 = time.monotonic()
+    ask = 3.0 * load_factor()  # a SEEN over the guest's serial port: slower on a busy machine
     nonces = {p: new_nonce() for p in probes}
     out_g = [p for p in probes if p.src == GUEST]
     inbound = [p for p in probes if p.src != GUEST]
@@ -60,7 +62,7 @@ async def _probe_many(lab, probes: list[Probe], timeout: float) -> list[Result]:
 
     failed = [p for p in probes if fails[p] is not None and not str(fails[p]).startswith("LOCAL")]
     seen = dict(zip(failed, await asyncio.gather(
-        *(_control(lab.ctl_path(p.dst), f"SEEN {nonces[p]}", 3.0) for p in failed))))
+        *(_control(lab.ctl_path(p.dst), f"SEEN {nonces[p]}", ask) for p in failed))))
 
     # Liveness of the receivers that saw nothing: one check per (host, proto, port, family).
     need = sorted({(p.dst, p.proto, p.port, p.family) for p in failed if seen[p] == "NO"},
@@ -76,7 +78,7 @@ async def _probe_many(lab, probes: list[Probe], timeout: float) -> list[Result]:
     alive_fail = dict(zip(peer_keys, p_alive)) | dict(zip(guest_keys, await g_alive))
     ok_alive = [k for k in need if alive_fail[k] is None]
     recorded = dict(zip(ok_alive, await asyncio.gather(
-        *(_control(lab.ctl_path(k[0]), f"SEEN {alive_nonce[k]}", 3.0) for k in ok_alive))))
+        *(_control(lab.ctl_path(k[0]), f"SEEN {alive_nonce[k]}", ask) for k in ok_alive))))
 
     secs = round(time.monotonic() - t0, 3)
     results = []
@@ -103,5 +105,6 @@ async def _probe_many(lab, probes: list[Probe], timeout: float) -> list[Result]:
 
 
 def vm_probes(lab, probes, timeout: float = 2.0) -> list[Result]:
-    """Results in the order of `probes`."""
-    return asyncio.run(_probe_many(lab, list(probes), timeout))
+    """Results in the order of `probes`. `timeout` is for an idle machine and scales with
+    the load, as in the netns tier (tests/harness/probe.run_probes)."""
+    return asyncio.run(_probe_many(lab, list(probes), timeout * load_factor()))
