@@ -26,11 +26,17 @@ POLICY = os.path.join(os.path.dirname(__file__), "..", "..", "packaging", "examp
                       "valid", "jump-and-rmm.json")
 
 
+STEPS = ["install", "isolate", "tamper", "reboot", "stop", "kill9", "watchdog", "upgrade", "release",
+         "purge"]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tests.vm.run")
     ap.add_argument("image_dir")
     ap.add_argument("--kernel", default="stock", choices=["stock", "backports"])
     ap.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report")
+    ap.add_argument("--until", choices=STEPS, default=STEPS[-1],
+                    help="stop the story after this step (install always runs; default: all)")
     args = ap.parse_args(argv)
     t0 = time.monotonic()
     say = lambda m: print(f"[{time.monotonic() - t0:6.1f}s] {m}", flush=True)
@@ -46,13 +52,16 @@ def main(argv=None) -> int:
         figures["boot: multi-user.target after power-on"] = round(lab.multi_user_seconds, 1)
         lab_namespaces = list(lab.namespaces)
         story = VmStory(lab, GuestAgent(lab), inst, policies=[policy])
-        steps = [story.install,
-                 lambda: (story.agent.policy_set(policy), story.model.policy_set(policy),
-                          story.isolate())[2],
-                 lambda: story.tamper("detect-and-repair" if args.kernel == "stock" else "blocked"),
-                 story.reboot, story.service_stop, story.kill9, story.watchdog, story.upgrade,
-                 story.release, story.purge]
-        for fn in steps:
+        story_steps = {
+            "install": story.install,
+            "isolate": lambda: (story.agent.policy_set(policy), story.model.policy_set(policy),
+                                story.isolate())[2],
+            "tamper": lambda: story.tamper("detect-and-repair" if args.kernel == "stock" else "blocked"),
+            "reboot": story.reboot, "stop": story.service_stop, "kill9": story.kill9,
+            "watchdog": story.watchdog, "upgrade": story.upgrade, "release": story.release,
+            "purge": story.purge}
+        for name in STEPS[:STEPS.index(args.until) + 1]:
+            fn = story_steps[name]
             s0 = time.monotonic()
             try:
                 step = fn()
@@ -63,7 +72,7 @@ def main(argv=None) -> int:
                     records.append(step_record(step, lab, _status(story.agent), story.model,
                                                story.agent.config))
             except Exception as e:  # a broken step is a failure, and the story goes on
-                title = getattr(fn, "__name__", "step")
+                title = name
                 print(f"### {title}: ERROR {type(e).__name__}: {e}\n{traceback.format_exc()[-2000:]}")
                 ok = False
                 records.append(failed_record(title, f"ERROR {type(e).__name__}: {e}",
