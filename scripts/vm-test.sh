@@ -3,8 +3,10 @@
 # (tests/vm/build-image.sh, from the Debian archive only), boots it under QEMU with the
 # agent installed, and runs the story of tests/vm/scenarios.py with real packets from peers
 # in network namespaces. Ends with `N passed, M failed`; exits non-zero on any failure.
-# Usage (as root): bash scripts/vm-test.sh [stock|backports] [--html FILE]
-#   --html FILE  also write the run as one self-contained HTML page (grids, timeline, timings)
+# Usage (as root): bash scripts/vm-test.sh [stock|backports] [--html FILE] [--until STEP]
+#   --html FILE   also write the run as one self-contained HTML page (grids, timeline, timings)
+#   --until STEP  stop the story after STEP (install isolate tamper reboot stop kill9 watchdog
+#                 upgrade release purge; default: all)
 set -euo pipefail
 kernel=stock
 run_args=()
@@ -13,7 +15,9 @@ while [ $# -gt 0 ]; do
     stock|backports) kernel=$1 ;;
     --html) [ $# -ge 2 ] || { echo "vm-test: --html needs a FILE" >&2; exit 2; }
             run_args+=(--html "$(realpath -m -- "$2")"); shift ;;
-    *) echo "vm-test: unknown argument $1 (usage: vm-test.sh [stock|backports] [--html FILE])" >&2; exit 2 ;;
+    --until) [ $# -ge 2 ] || { echo "vm-test: --until needs a STEP" >&2; exit 2; }
+             run_args+=(--until "$2"); shift ;;
+    *) echo "vm-test: unknown argument $1 (usage: vm-test.sh [stock|backports] [--html FILE] [--until STEP])" >&2; exit 2 ;;
   esac
   shift
 done
