@@ -8,7 +8,7 @@ import sys
 import time
 
 from agent import __version__, client
-from agent.config import Config, config_path, load_config
+from agent.config import DEFAULT_PATH, Config, config_path, load_config
 from agent.errors import EXIT_FAILURE, EXIT_OK, AgentNotRunning, CordonError, FieldError, InvalidInput, run_cli
 from agent.policy import MAX_POLICY_BYTES, parse_json, validate_policy
 from platforms.base import BackendError
@@ -106,6 +106,9 @@ def _print_status(st: dict, *, live: bool) -> None:
 
 # -- commands -------------------------------------------------------------------------
 def cmd_run(args) -> int:
+    if sys.platform.startswith("win"):
+        from agent.winservice import run as run_service
+        return run_service(lambda: _config(args))
     from agent.daemon import run
     return run(_config(args))
 
@@ -210,7 +213,10 @@ def cmd_rules(args) -> int:
     if policy is not None and policy.enabled and not args.strict and policy.hosts():
         from agent.resolve import HostTable  # host exceptions: what they resolve to now
         hosts = HostTable(config.vendor.dns_servers, config.exceptions.min_host_ttl).update(policy.hosts())
-    plan = compile_plan(config, policy, "strict" if args.strict else "standard", hosts, now=time.time())
+    from agent.dhcp_leases import leased_servers  # DHCP: the servers of the leases held now
+    servers = leased_servers(config.vendor.dhcp_lease_files)[0] if config.vendor.dhcp else ()
+    plan = compile_plan(config, policy, "strict" if args.strict else "standard", hosts, now=time.time(),
+                        dhcp_servers=servers)
     name = args.backend or config.backend
     print(backend_class(name, check_support=False)(state_dir=None).render(plan), end="")
     return EXIT_OK
@@ -233,7 +239,7 @@ def cmd_config_check(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default=argparse.SUPPRESS, metavar="PATH",
-                        help="agent config (default: $CORDON_CONFIG, else /etc/cordon/agent.toml)")
+                        help=f"agent config (default: $CORDON_CONFIG, else {DEFAULT_PATH})")
     p = argparse.ArgumentParser(prog="cordon", parents=[common], description="Cordon endpoint isolation agent",
                                 epilog="exit codes: 0 ok, 1 failure, 2 invalid input, 3 agent not running, 4 not permitted")
     p.add_argument("--version", action="version", version=f"cordon {__version__}", help="print the version and exit")

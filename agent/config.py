@@ -12,8 +12,9 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valid
 from agent.channel.settings import ConsoleConfig, uncovered_servers
 from agent.errors import FieldError, InvalidInput, from_pydantic
 from agent.fields import Address, HostAddress, Name, Ports, Protocol, check_icmp_ports
+from agent.paths import control_address_problem, installed
 
-DEFAULT_PATH = "/etc/cordon/agent.toml"
+DEFAULT_PATH = installed().config  # /etc/cordon/agent.toml; macOS: /Library/Application Support/Cordon/
 MAX_CONFIG_BYTES = 1024 * 1024
 
 
@@ -40,6 +41,18 @@ class Vendor(BaseModel):
     endpoints: Annotated[tuple[VendorEndpoint, ...], Field(strict=False, min_length=1)]
     dns_servers: Annotated[tuple[HostAddress, ...], Field(strict=False)] = ()
     dhcp: StrictBool = True
+    # Where the host's DHCP client keeps its leases (paths or globs; absent = the standard
+    # places of dhclient, systemd-networkd, NetworkManager and dhcpcd: agent/dhcp_leases.py).
+    # DHCP passes only to the broadcast address and the servers these leases name.
+    dhcp_lease_files: Annotated[tuple[str, ...] | None, Field(strict=False, max_length=16)] = None
+
+    @field_validator("dhcp_lease_files")
+    @classmethod
+    def _absolute_lease_files(cls, v):
+        for path in v or ():
+            if not path or not os.path.isabs(path) or "\0" in path:
+                raise ValueError(f"{path!r} must be an absolute path")
+        return v
 
 
 class ExceptionsConfig(BaseModel):
@@ -56,17 +69,25 @@ class Config(BaseModel):
 
     sensor_type: Literal["endpoint_sensor", "security_agent"] = "endpoint_sensor"
     backend: Literal["auto", "nftables", "pf", "windivert"] = "auto"
-    state_dir: str = "/var/lib/cordon"
-    control_socket: str = "/run/cordon/control.sock"
+    state_dir: str = Field(default_factory=lambda: installed().state_dir)            # agent.paths, per OS
+    control_socket: str = Field(default_factory=lambda: installed().control_socket)
     vendor: Vendor
     exceptions: ExceptionsConfig = ExceptionsConfig()
     console: ConsoleConfig | None = None   # DESIGN §10; absent = local control only
 
-    @field_validator("state_dir", "control_socket")
+    @field_validator("state_dir")
     @classmethod
     def _absolute(cls, v: str) -> str:
         if not v or not os.path.isabs(v) or "\0" in v:
             raise ValueError("must be an absolute path")
+        return v
+
+    @field_validator("control_socket")
+    @classmethod
+    def _control_address(cls, v: str) -> str:
+        problem = control_address_problem(v)   # a Unix socket path, or \\.\pipe\NAME on Windows
+        if problem:
+            raise ValueError(problem)
         return v
 
     @model_validator(mode="after")
@@ -84,7 +105,7 @@ class Config(BaseModel):
 
 
 def config_path(cli_value: str | None) -> str:
-    """--config > $CORDON_CONFIG > /etc/cordon/agent.toml."""
+    """--config > $CORDON_CONFIG > this OS's installed config (agent.paths)."""
     return cli_value or os.environ.get("CORDON_CONFIG") or DEFAULT_PATH
 
 

@@ -68,7 +68,8 @@ class AuditFile:
     def reopen(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
         # O_NOFOLLOW: a symlink planted at the log path must not redirect root's writes.
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(self.path, flags, 0o640)   # Windows has neither flag: the logs dir's ACL guards it
         old, self._fh = self._fh, os.fdopen(fd, "a", buffering=1, encoding="utf-8")
         if old is not None:
             old.close()
@@ -200,7 +201,8 @@ def health() -> dict | None:
 
 def audit_log_path(default: Path) -> Path:
     """Under systemd (LogsDirectory=cordon) the audit log is $LOGS_DIRECTORY/audit.log, i.e.
-    /var/log/cordon/audit.log; elsewhere (labs, tests) the config's default."""
+    /var/log/cordon/audit.log; under launchd the plist sets LOGS_DIRECTORY=/Library/Logs/Cordon
+    (agent.paths); elsewhere (labs, tests) the config's default."""
     logs = os.environ.get("LOGS_DIRECTORY", "").split(":")[0]
     return Path(logs) / "audit.log" if logs else default
 
