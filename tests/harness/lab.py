@@ -13,6 +13,7 @@ import ipaddress
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -156,6 +157,17 @@ class Lab:
         if self.hosts[host].attach == "router" and host != "endpoint":
             return self.ns("router"), self.addr(host, family)
         return self.ns(host), "127.0.0.1" if family == 4 else "::1"
+
+    def replay_command(self, p) -> str:
+        """A shell command (run from the repository root while the lab is up) that repeats
+        one probe's round trip (tests/harness/__main__.py `probe`)."""
+        argv = [sys.executable, "-m", "tests.harness", "probe", self.ns(p.src),
+                self.addr(p.dst, p.family), p.proto]
+        if p.port:
+            argv.append(str(p.port))
+        if p.sport:
+            argv += ["--sport", str(p.sport)]
+        return shlex.join(argv)
 
     # --- lifecycle -----------------------------------------------------------
     def __enter__(self) -> "Lab":
