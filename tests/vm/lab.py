@@ -80,6 +80,9 @@ WantedBy=multi-user.target
 """
 
 
+MAX_ASKERS = 1024  # requests in flight through one CtlProxy (a probe batch plus its liveness checks)
+
+
 class CtlProxy:
     """Serves the guest responder's control protocol on a host unix socket, forwarding each
     request as "ID REQUEST" over the guest's virtio serial port."""
@@ -91,6 +94,7 @@ class CtlProxy:
         self._lock = threading.Lock()
         self._port: socket.socket | None = None
         self._stop = threading.Event()
+        self._serving = threading.BoundedSemaphore(MAX_ASKERS)
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._server.bind(listen_path)
         self._server.listen(256)
@@ -127,7 +131,11 @@ class CtlProxy:
             if self._port is s:
                 self._port = None
 
-    def request(self, line: str, timeout: float) -> str | None:
+    def request(self, line: str, timeout: float, abandoned=lambda: False) -> str | None:
+        """The guest's answer, or None after `timeout` or once `abandoned()` says the asker
+        has gone (checked every 0.2 s): a waiter must not outlive its asker, else waiters
+        pile up under load (each one waits longer the busier the machine) — one run grew
+        to 18,000 threads that way."""
         ident = str(next(self._ids))
         slot = [threading.Event()]
         self._waiting[ident] = slot
@@ -138,7 +146,11 @@ class CtlProxy:
                 with self._lock:
                     self._port = None
                 return None
-            return slot[1] if slot[0].wait(timeout) and len(slot) > 1 else None
+            end = time.monotonic() + timeout
+            while not slot[0].wait(min(0.2, max(0.0, end - time.monotonic()))):
+                if time.monotonic() >= end or abandoned():
+                    return None
+            return slot[1] if len(slot) > 1 else None
         finally:
             self._waiting.pop(ident, None)
 
@@ -150,6 +162,9 @@ class CtlProxy:
                 continue
             except OSError:
                 return
+            if not self._serving.acquire(blocking=False):
+                conn.close()  # like a dead responder: the asker sees no answer (an ERROR, never a pass)
+                continue
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
@@ -157,13 +172,26 @@ class CtlProxy:
             self._answer(conn)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the prober gave up on this answer (its deadline passed): nothing to tell it
+        finally:
+            self._serving.release()
+
+    @staticmethod
+    def _gone(conn: socket.socket) -> bool:
+        """Has the asker closed its end? (readable with nothing to read)"""
+        try:
+            return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
 
     def _answer(self, conn: socket.socket) -> None:
         with conn, conn.makefile("rwb") as f:
             for line in f:
                 # A guard against a dead guest, not a verdict: the client's own deadline
                 # decides (it closes the connection and the late answer is dropped).
-                answer = self.request(line.decode(errors="replace").strip(), 30 * hlab.load_factor())
+                answer = self.request(line.decode(errors="replace").strip(), 30 * hlab.load_factor(),
+                                      abandoned=lambda: self._gone(conn))
                 if answer is None:
                     return  # like a dead responder: the client sees no answer
                 f.write(answer.encode() + b"\n")
