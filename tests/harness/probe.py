@@ -243,15 +243,20 @@ class LoopReport:
     rounds: int = 0   # attempts per probe
     leaks: list = field(default_factory=list)   # (seconds, Probe, detail): a blocked flow passed
     losses: list = field(default_factory=list)  # (seconds, Probe, detail): an allowed flow failed
+    # (seconds, Probe, detail): a blocked flow whose receiver could not say whether the
+    # nonce arrived; silence is not a verdict, so the report is not clean
+    unknown: list = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
-        return not self.leaks and not self.losses
+        return not self.leaks and not self.losses and not self.unknown
 
     def summary(self) -> str:
-        lines = [f"{self.rounds} rounds, {len(self.leaks)} leaks, {len(self.losses)} losses"]
+        lines = [f"{self.rounds} rounds, {len(self.leaks)} leaks, {len(self.losses)} losses, "
+                 f"{len(self.unknown)} unknown"]
         lines += [f"  LEAK +{t:.3f}s {p.label()}: {d}" for t, p, d in self.leaks[:20]]
         lines += [f"  LOSS +{t:.3f}s {p.label()}: {d}" for t, p, d in self.losses[:20]]
+        lines += [f"  UNKNOWN +{t:.3f}s {p.label()}: {d}" for t, p, d in self.unknown[:20]]
         return "\n".join(lines)
 
 
@@ -291,8 +296,12 @@ class ProbeLoop:
         elif not should_pass:
             if fail is None:
                 self.report.leaks.append((t, p, "round trip"))
-            elif await _control(self.lab.ctl_path(p.dst), f"SEEN {nonce}") == "YES":
+                return
+            seen = await _control(self.lab.ctl_path(p.dst), f"SEEN {nonce}")
+            if seen == "YES":
                 self.report.leaks.append((t, p, "receiver got the nonce"))
+            elif seen != "NO":
+                self.report.unknown.append((t, p, f"{fail}; receiver's responder did not answer SEEN"))
 
     async def _repeat(self, p: Probe, t0: float, should_pass: bool) -> None:
         # A new attempt every interval, without waiting for the last one to time out:

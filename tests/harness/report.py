@@ -17,7 +17,8 @@ def _loop_json(loop) -> dict | None:
         return None
     return {"rounds": loop.rounds, "clean": loop.clean,
             "leaks": [{"at": round(t, 3), "probe": p.label(), "detail": d} for t, p, d in loop.leaks],
-            "losses": [{"at": round(t, 3), "probe": p.label(), "detail": d} for t, p, d in loop.losses]}
+            "losses": [{"at": round(t, 3), "probe": p.label(), "detail": d} for t, p, d in loop.losses],
+            "unknown": [{"at": round(t, 3), "probe": p.label(), "detail": d} for t, p, d in loop.unknown]}
 
 
 def versions(status: dict | None, model=None, config: dict | None = None) -> dict:

@@ -143,12 +143,13 @@ def _versions(ver: dict | None) -> str:
 def _transition(tr: dict | None) -> str:
     if not tr:
         return ""
-    leaks, losses = tr.get("leaks") or [], tr.get("losses") or []
+    leaks, losses, unknown = tr.get("leaks") or [], tr.get("losses") or [], tr.get("unknown") or []
     head = (f'<p>during the transition: {e(tr.get("rounds"))} rounds, '
             f'<span class="{"bad" if leaks else "good"}">{len(leaks)} leaks</span>, '
-            f'<span class="{"bad" if losses else "good"}">{len(losses)} losses</span></p>')
+            f'<span class="{"bad" if losses else "good"}">{len(losses)} losses</span>'
+            + (f', <span class="bad">{len(unknown)} unknown</span>' if unknown else "") + '</p>')
     items = [f'<li class="bad">{kind} +{e(x.get("at"))}s {e(x.get("probe"))}: {e(x.get("detail"))}</li>'
-             for kind, xs in (("LEAK", leaks), ("LOSS", losses)) for x in xs]
+             for kind, xs in (("LEAK", leaks), ("LOSS", losses), ("UNKNOWN", unknown)) for x in xs]
     return head + (f'<ul class="transition">{"".join(items)}</ul>' if items else "")
 
 

@@ -136,6 +136,19 @@ def test_probe_loop_sees_a_leak_and_a_loss(lab):
     assert rep.losses and all(p == allowed for _, p, _ in rep.losses)
 
 
+def test_probe_loop_is_not_clean_when_a_receiver_cannot_answer(lab):
+    """A blocked flow whose receiver cannot say whether the nonce arrived is no verdict:
+    the loop must not read as clean on silence."""
+    lab.kill_responder("outside")
+    must_block = Probe("endpoint", "outside", "tcp", 443, 4)
+    with ProbeLoop(lab, must_block=[must_block], interval=0.05) as loop:
+        while loop.report.rounds < 5:
+            time.sleep(0.05)
+    rep = loop.report
+    assert not rep.clean and not rep.leaks and rep.unknown, rep.summary()
+    assert all(p == must_block for _, p, _ in rep.unknown)
+
+
 def test_open_session_is_cut_by_a_later_ruleset(lab):
     with Session(lab, "endpoint", "outside", "tcp", 443) as s:
         assert s.exchange()
