@@ -16,7 +16,9 @@ import tempfile
 import time
 
 from . import netns
-from .lab import REPO_ROOT, load_factor
+from .errors import CordonWrong
+from .lab import REPO_ROOT
+from .waits import scaled, wait_until
 
 
 class CliError(RuntimeError):
@@ -136,15 +138,18 @@ class Agent(AgentCommands):
         return self
 
     def wait_ready(self, timeout: float = 15) -> None:
-        deadline = time.monotonic() + timeout * load_factor()
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"agent exited with {self.proc.returncode}:\n{self.stderr_tail()}")
-            if self.cli("status", "--json", check=False).returncode == 0:
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"agent not ready after {timeout}s:\n{self.stderr_tail()}")
-            time.sleep(0.05)
+        """Until `cordon status` answers (exit 0); fails at once if the agent exits."""
+        try:
+            wait_until(lambda: self.cli("status", "--json", check=False).returncode == 0, timeout,
+                       "agent ready", abort=self.exit_reason, error=RuntimeError)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}\n{self.stderr_tail()}") from None
+
+    def exit_reason(self) -> str | None:
+        """Why the agent cannot answer any more (it exited), or None while it runs."""
+        if self.proc is not None and self.proc.poll() is not None:
+            return f"agent exited with {self.proc.returncode}"
+        return None
 
     @property
     def alive(self) -> bool:
@@ -155,9 +160,9 @@ class Agent(AgentCommands):
         return self.proc.pid if self.alive else None
 
     def kill(self, sig: int = signal.SIGKILL, timeout: float = 10) -> int:
-        """Signal the agent and wait for it to exit; returns its exit status."""
+        """Signal the agent and wait for it to exit (`timeout` x load); its exit status."""
         self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
+        return self.proc.wait(scaled(timeout))
 
     def restart(self, timeout: float = 15) -> "Agent":
         if self.alive:
@@ -181,10 +186,10 @@ class Agent(AgentCommands):
     # --- the CLI -------------------------------------------------------------------
     def cli(self, *args: str, check: bool = True, input: str | None = None,
             timeout: float = 30) -> subprocess.CompletedProcess:
-        """`cordon ARGS --config PATH` in the endpoint namespace."""
+        """`cordon ARGS --config PATH` in the endpoint namespace (`timeout` x load)."""
         argv = [*args, "--config", self.config_path]
         proc = subprocess.run(self.argv(*argv), env=self._env, cwd=REPO_ROOT, capture_output=True,
-                              text=True, input=input, timeout=timeout)
+                              text=True, input=input, timeout=scaled(timeout))
         if check and proc.returncode != 0:
             raise CliError(argv, proc)
         return proc
@@ -203,6 +208,16 @@ class Agent(AgentCommands):
         except FileNotFoundError:
             return []
         return [e for e in events if event is None or e.get("event") == event]
+
+    def wait_for_event(self, event: str, count: int = 1, timeout: float = 30) -> list[dict]:
+        """Until the audit log holds `count` `event`s (x load deadline); returns them all.
+        Fails at once if the agent exits meanwhile (it can write no more)."""
+        try:
+            return wait_until(lambda: (evs := self.audit_events(event)) if len(evs) >= count else None,
+                              timeout, f"{self.host}: audit event {event} x{count}", abort=self.exit_reason,
+                              error=CordonWrong)
+        except CordonWrong as exc:
+            raise CordonWrong(f"{exc}\n{self.stderr_tail()}") from None
 
     def nft_tables(self) -> str:
         """`nft list tables` in the endpoint: the independent view of what is installed."""

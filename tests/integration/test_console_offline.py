@@ -3,22 +3,15 @@ answering; commands published while the agent cannot reach the broker are applie
 it reconnects, in order, unless they expired first. Release tokens work with no network."""
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 
 import pytest
 
 from agent.channel import wire as fmt
+from tests.harness.waits import wait_for_clock
 from tests.integration.console_fixtures import V1, agents, broker, console, lab, wire  # noqa: F401
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
-
-
-def _wait_audit(agent, event, count, timeout=60):
-    deadline = time.monotonic() + timeout
-    while len(agent.audit_events(event)) < count:
-        assert time.monotonic() < deadline, f"no {event} x{count} within {timeout}s:\n{agent.stderr_tail()}"
-        time.sleep(0.05)
 
 
 def _block(lab, on: bool) -> None:
@@ -37,7 +30,7 @@ def test_broker_away_local_control_answers_and_queued_commands_apply_unless_expi
     (ep1,) = agents(("ep1", "endpoint", "endpoint_sensor"))
     key = fmt.load_private_key(console.key)
     broker.kill()
-    _wait_audit(ep1, "console_disconnected", 1)
+    ep1.wait_for_event("console_disconnected", timeout=60)
     # The broker is gone and the agent keeps trying: local control is not held up.
     assert ep1.cli("status", "--json").returncode == 0
     ep1.isolate(strict=True, reason="local while offline")
@@ -51,8 +44,7 @@ def test_broker_away_local_control_answers_and_queued_commands_apply_unless_expi
     for c in cmds:
         wire.publish("cordon.v1.cmd.ep1", fmt.sign(c, key))
     expired_at = fmt.parse_time(cmds[1]["expires_at"], "expires_at").timestamp()
-    while time.time() <= expired_at + 0.5:   # let the short-lived command expire while queued
-        time.sleep(0.1)
+    wait_for_clock(expired_at + 0.5)   # let the short-lived command expire while queued
     assert ep1.cli("policy", "show", "--json").returncode == 0   # still answering locally
     _block(lab, False)
 

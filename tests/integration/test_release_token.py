@@ -3,11 +3,10 @@ release token signed by the console, bound to this agent, unexpired and unused. 
 with no network at all: no broker and the endpoint's only link down."""
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from agent.channel import wire as fmt
+from tests.harness.waits import wait_for_clock
 from tests.integration.console_fixtures import lab  # noqa: F401
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -57,8 +56,7 @@ def test_expired_token_is_refused(offline_agent):
     token = _token(console, "ep1", "1s")
     cmd = fmt.open_body(fmt.token_body(token), fmt.load_public_key(console.pub))
     until = fmt.parse_time(cmd["expires_at"], "expires_at").timestamp()
-    while time.time() <= until + 0.2:   # wait for the token's own expiry time to pass
-        time.sleep(0.1)
+    wait_for_clock(until + 0.2)   # wait for the token's own expiry time to pass
     p = _release(agent, "--token", token)
     assert p.returncode == 4 and "expired" in p.stderr, p.stderr
     assert agent.status()["state"] == "isolated"
