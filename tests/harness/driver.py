@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -18,7 +19,11 @@ import time
 from . import netns
 from .errors import CordonWrong
 from .lab import REPO_ROOT
+from .verbs import Verbs
 from .waits import scaled, wait_until
+
+# DESIGN §2 (CLI): exit codes by name, for `fail(exit=...)`.
+EXIT_CODES = {"failure": 1, "invalid input": 2, "not running": 3, "not permitted": 4}
 
 
 class CliError(RuntimeError):
@@ -67,9 +72,19 @@ def default_config(lab, state_dir: str, control_socket: str, sensor_type: str = 
     }
 
 
-class AgentCommands:
-    """The CLI verbs over `self.cli(*args, check=)`, shared by the netns Agent and the VM
-    tier's GuestAgent (tests/vm/agent.py): only how `cli` runs `cordon` differs."""
+class AgentCommands(Verbs):
+    """The CLI verbs over `self.cli(*args, check=, timeout=)`, shared by the netns Agent and
+    the VM tier's GuestAgent (tests/vm/agent.py): only how `cli` runs `cordon` differs.
+    The asserting verbs (tests.harness.verbs) run `cordon ARGS`:
+    `agent.succeed("isolate")`, `agent.fail("release", exit="not permitted", match="token")`."""
+
+    EXIT_NAMES = EXIT_CODES
+
+    def _execute(self, args: tuple, timeout: float):
+        return self.cli(*args, check=False, timeout=timeout)
+
+    def _describe(self, args: tuple) -> str:
+        return shlex.join(["cordon", *args])
 
     def status(self) -> dict:
         """`cordon status --json`; also when the agent is down (exit 3 still prints JSON)."""

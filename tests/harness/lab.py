@@ -13,6 +13,7 @@ import ipaddress
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 
 from . import netns
 from .errors import HarnessError
+from .verbs import Verbs
 from .waits import Deadline, load_factor, scaled, wait_until  # noqa: F401 (load_factor re-exported)
 
 PREFIX = "cdn-"
@@ -288,6 +290,22 @@ class Lab:
         self.listen({p.port for p in probes if p.port})
         return run_probes(self, probes, timeout)
 
+    # --- asserting verbs (tests.harness.verbs, tests.harness.table) ----------------
+    def node(self, host: str) -> "Node":
+        """A host as a command runner: `lab.node("endpoint").succeed("nft", "list", "tables")`."""
+        return Node(self, host)
+
+    def expect_table(self, comparison):
+        """Raise (CordonWrong / HarnessError) with the printed table, replay commands
+        included, unless every cell of `comparison` is as expected."""
+        from .table import expect_table
+        return expect_table(comparison, self)
+
+    def expect_matrix(self, expected: dict, title: str = "", timeout: float = 1.0):
+        """Probe every probe of `expected` (probe -> verdict) and `expect_table` the result."""
+        from .table import Comparison
+        return self.expect_table(Comparison(expected, self.probe_all(list(expected), timeout), title))
+
     def kill_responder(self, host: str) -> None:
         proc = self._responders.pop(host)
         proc.kill()
@@ -362,6 +380,19 @@ class Lab:
             _OWNERS.discard(self._owner)
             _OUTER.clear()
         self._old_handlers.clear()
+
+
+class Node(Verbs):
+    """One lab host for the asserting verbs: commands run in its namespace."""
+
+    def __init__(self, lab: Lab, host: str) -> None:
+        self.lab, self.host = lab, host
+
+    def _execute(self, args: tuple, timeout: float) -> subprocess.CompletedProcess:
+        return netns.run_in(self.lab.ns(self.host), *args, check=False, timeout=timeout)
+
+    def _describe(self, args: tuple) -> str:
+        return f"{self.host}$ {shlex.join(args)}"
 
 
 def _signal_group(p: subprocess.Popen, sig: int) -> None:

@@ -53,12 +53,12 @@ class Deadline:
 
 
 def wait_until(check, seconds: float, what: str, abort=None, step: float = STEP,
-               error: type[Exception] = HarnessError, retry_on: tuple = ()):
+               error: type[Exception] = HarnessError, retry_on: tuple = (), seen=None):
     """Call `check()` until it returns something truthy and return that. `abort()`, if
     given, is asked before every try: a message from it fails the wait at once (what is
     awaited can no longer happen: the process died). After the deadline one last try,
-    then `error` naming `what`, the deadline and the last value (or exception of
-    `retry_on`) seen."""
+    then `error` naming `what`, the deadline and what the last try saw: `seen()` if
+    given, else the last value (or exception of `retry_on`)."""
     deadline = Deadline(seconds)
     last: object = None
     while True:
@@ -73,7 +73,7 @@ def wait_until(check, seconds: float, what: str, abort=None, step: float = STEP,
             if last:
                 return last
         if final:
-            raise error(f"{what}: not within {deadline}; last seen: {last!r}"[:4000])
+            raise error(f"{what}: not within {deadline}; last seen: {seen() if seen else repr(last)}"[:4000])
         time.sleep(min(step, deadline.left()) or step)
 
 

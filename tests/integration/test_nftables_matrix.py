@@ -40,18 +40,9 @@ def matrix_probes() -> list[Probe]:
     return probes
 
 
-def expected(lab, plan, p: Probe) -> str:
-    return plan_verdict(lab, plan, p)
-
-
 def check_matrix(lab, plan, phase: str) -> dict:
-    probes = matrix_probes()
-    results = lab.probe_all(probes, timeout=1.0)
-    wrong = [f"{phase}: {r.probe.label()}: expected {expected(lab, plan, r.probe)}, "
-             f"got {r.verdict} ({r.detail})"
-             for r in results if r.verdict != expected(lab, plan, r.probe)]
-    assert not wrong, "\n".join(wrong)
-    return {r.probe: r.verdict for r in results}
+    cmp = lab.expect_matrix({p: plan_verdict(lab, plan, p) for p in matrix_probes()}, phase)
+    return {r.probe: r.result.verdict for r in cmp.rows}
 
 
 def test_matrix_before_during_after(lab, nft_backend):

@@ -21,7 +21,6 @@ from platforms.plan import Flow, Plan, PortRange
 from tests.harness import ALLOWED, BLOCKED, Probe, ProbeLoop, Session
 from tests.harness.lab import REPO_ROOT, load_factor
 from tests.harness.oracle import plan_verdict
-from tests.harness.table import Comparison
 
 pytestmark = pytest.mark.root
 
@@ -103,11 +102,7 @@ def agent(lab):
 
 
 def check(lab, plan, title):
-    probes = matrix()
-    cmp = Comparison({p: expected(lab, plan, p) for p in probes}, lab.probe_all(probes), title)
-    text = cmp.render(lab)
-    print(text)
-    assert not cmp.mismatches, text
+    lab.expect_matrix({p: expected(lab, plan, p) for p in matrix()}, title)
 
 
 def test_matrix_before_during_after(lab, agent):
@@ -186,10 +181,7 @@ def test_200_exceptions_per_direction(lab, agent):
               Probe("outside", "endpoint", "tcp", 3389, 4), Probe("endpoint", "vendor", "tcp", 443, 4),
               Probe("endpoint", "dns", "udp", 53, 4), Probe("endpoint", "rmm", "tcp", 443, 6),
               Probe("rmm", "endpoint", "tcp", 22, 4, sport=443)]
-    cmp = Comparison({p: expected(lab, plan, p) for p in probes}, lab.probe_all(probes), "200+200")
-    text = cmp.render(lab)
-    print(text)
-    assert not cmp.mismatches, text
+    lab.expect_matrix({p: expected(lab, plan, p) for p in probes}, "200+200")
 
 
 def test_read_back_and_honest_crash_semantics(lab, agent):
