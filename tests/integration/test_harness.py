@@ -16,6 +16,7 @@ import pytest
 
 from tests.harness import ALLOWED, BLOCKED, ERROR, Lab, Probe, ProbeLoop, Session, sweep
 from tests.harness.lab import REPO_ROOT
+from tests.harness.matrix import BEHIND_OUT, matrix
 from tests.harness.waits import scaled
 from tests.harness.netns import list_namespaces
 from tests.harness.table import Comparison, junit_xml
@@ -52,15 +53,7 @@ def nft(lab, host: str, ruleset: str) -> None:
 
 
 def _probes() -> list[Probe]:
-    ps = []
-    for fam in (4, 6):
-        for peer in PEERS:
-            for proto, port in SERVICES:
-                ps.append(Probe("endpoint", peer, proto, port, fam))
-                ps.append(Probe(peer, "endpoint", proto, port, fam))
-        ps.append(Probe("behind", "outside", "tcp", 443, fam))
-        ps.append(Probe("behind", "outside", "icmp", None, fam))
-    return ps
+    return matrix(PEERS, SERVICES, forward=BEHIND_OUT)
 
 
 def _meant(p: Probe) -> str:

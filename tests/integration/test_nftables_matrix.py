@@ -10,6 +10,7 @@ import pytest
 
 from tests.harness import Probe, Session
 from tests.integration.nft_fixtures import nft_backend  # noqa: F401  (fixture)
+from tests.harness.matrix import matrix
 from tests.harness.oracle import plan_verdict
 from tests.integration.nft_plans import nft, plan_a
 
@@ -21,23 +22,16 @@ SERVICES = (("tcp", 443), ("tcp", 53), ("udp", 53), ("tcp", 8080), ("udp", 8080)
             ("tcp", 3389), ("tcp", 22), ("icmp", None))
 
 
+# The forward path: a container/VM behind the endpoint, both ways.
+FORWARD = (("behind", "outside", "tcp", 443), ("behind", "vendor", "tcp", 443),
+           ("behind", "outside", "icmp", None), ("outside", "behind", "tcp", 22))
+
+
 def matrix_probes() -> list[Probe]:
-    probes = []
-    for peer in PEERS:
-        for fam in (4, 6):
-            for proto, port in SERVICES:
-                probes.append(Probe("endpoint", peer, proto, port, fam))
-                probes.append(Probe(peer, "endpoint", proto, port, fam))
     # The outbound-only RMM peer tries to connect in from the exception's port (8080).
-    probes += [Probe("rmm", "endpoint", "tcp", p, 4, sport=8080) for p in (22, 3389, 8080)]
-    probes += [Probe("rmm", "endpoint", "udp", 53, 4, sport=8080)]
-    # The forward path: a container/VM behind the endpoint, both ways.
-    for fam in (4, 6):
-        probes += [Probe("behind", "outside", "tcp", 443, fam),
-                   Probe("behind", "vendor", "tcp", 443, fam),
-                   Probe("behind", "outside", "icmp", None, fam),
-                   Probe("outside", "behind", "tcp", 22, fam)]
-    return probes
+    from_exception_port = [Probe("rmm", "endpoint", "tcp", p, 4, sport=8080) for p in (22, 3389, 8080)]
+    from_exception_port += [Probe("rmm", "endpoint", "udp", 53, 4, sport=8080)]
+    return matrix(PEERS, SERVICES, forward=FORWARD, extra=from_exception_port)
 
 
 def check_matrix(lab, plan, phase: str) -> dict:

@@ -20,6 +20,7 @@ import pytest
 from platforms.plan import Flow, Plan, PortRange
 from tests.harness import ALLOWED, BLOCKED, Probe, ProbeLoop, Session
 from tests.harness.lab import REPO_ROOT, load_factor
+from tests.harness.matrix import BEHIND_OUT, matrix as probe_matrix
 from tests.harness.oracle import plan_verdict
 
 pytestmark = pytest.mark.root
@@ -54,17 +55,11 @@ def expected(lab, plan: Plan | None, p: Probe) -> str:
 
 
 def matrix() -> list[Probe]:
-    ps = []
-    for fam in (4, 6):
-        for peer in PEERS:
-            for proto, port in SERVICES:
-                ps.append(Probe("endpoint", peer, proto, port, fam))
-                ps.append(Probe(peer, "endpoint", proto, port, fam))
-        ps += [Probe("behind", "outside", "tcp", 443, fam), Probe("behind", "outside", "icmp", None, fam)]
     # the exception's / vendor's own ports as source ports: still no way in
-    ps += [Probe("rmm", "endpoint", "tcp", 22, 4, sport=443), Probe("rmm", "endpoint", "udp", 3389, 4, sport=4444),
-           Probe("vendor", "endpoint", "tcp", 3389, 4, sport=443)]
-    return ps
+    from_allowed_ports = [Probe("rmm", "endpoint", "tcp", 22, 4, sport=443),
+                          Probe("rmm", "endpoint", "udp", 3389, 4, sport=4444),
+                          Probe("vendor", "endpoint", "tcp", 3389, 4, sport=443)]
+    return probe_matrix(PEERS, SERVICES, forward=BEHIND_OUT, extra=from_allowed_ports)
 
 
 class Agent:

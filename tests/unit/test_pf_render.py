@@ -15,6 +15,8 @@ from platforms.pf import PfBackend
 from platforms.pf.render import ANCHOR, read_rules, render
 from tests.golden import check_golden
 from tests.harness import oracle
+from tests.harness.matrix import matrix
+from tests.harness.probe import Probe
 from tests.unit.fake_pfctl import FakePfctl, parse_ruleset
 
 GOLDEN = Path(__file__).parent / "golden" / "pf"
@@ -161,38 +163,45 @@ def test_every_rendered_line_has_a_catalogued_shape_and_every_shape_is_produced(
 
 # --------------------------------------------------------------- what the loaded anchor allows
 
-def expected(plan: Plan, direction: str, proto: str, remote: str, remote_port, local_port) -> str:
+def expected(plan: Plan, p: Probe) -> str:
     """The contract (DESIGN.md 1) from the harness's one oracle, not from pf text. No
     lease is known here, so DHCP only to the broadcast address."""
-    port, sport = (remote_port, local_port) if direction == "out" else (local_port, remote_port)
-    ok = oracle.allows(oracle.plan_rules(plan), direction, proto, remote, port, sport, dhcp=plan.dhcp)
+    direction, _, remote, _, _ = pf_flow(p)
+    ok = oracle.allows(oracle.plan_rules(plan), direction, p.proto, remote, p.port, p.sport, dhcp=plan.dhcp)
     return "pass" if ok else "block"
 
 
-def probes(plan: Plan):
-    """(direction, proto, remote, remote_port, local_port): inside and just outside
-    every flow's addresses and ports, both directions, every protocol, plus
-    strangers, IPv6 and DHCP."""
+def pf_flow(p: Probe) -> tuple:
+    """A probe (peers are addresses here) as the fake pfctl's (direction, proto, remote,
+    remote_port, local_port)."""
+    if p.src == "endpoint":
+        return "out", p.proto, p.dst, p.port, p.sport
+    return "in", p.proto, p.src, p.sport, p.port
+
+
+SPORT = 50000  # the opener's source port, outside every flow's ports
+STRANGERS = {4: ("192.0.2.200", "8.8.8.8"), 6: ("2001:db8::1", "2001:db8::53")}
+
+
+def probes(plan: Plan) -> list[Probe]:
+    """Inside and just outside every flow's addresses and ports, both directions, every
+    protocol, plus strangers, IPv6 and DHCP (tests.harness.matrix builds them)."""
+    out = []
     for f in plan.flows:
         net = ipaddress.ip_network(f.network)
         addrs = {net.network_address, net.broadcast_address, net.broadcast_address + 1, net.network_address - 1}
         ports = set()
         for r in f.ports or (P(443, 443),):
             ports |= {r.first, r.last, max(1, r.first - 1), min(65535, r.last + 1)}
-        for addr in map(str, addrs):
-            for port in ports:
-                for proto in ("tcp", "udp", "icmp"):
-                    p = None if proto == "icmp" else port
-                    yield "out", proto, addr, p, None if p is None else 50000
-                    yield "in", proto, addr, None if p is None else 50000, p
-    for addr in ("192.0.2.200", "8.8.8.8", "2001:db8::1", "2001:db8::53"):
-        for proto in ("tcp", "udp"):
-            yield "out", proto, addr, 443, 50000
-            yield "in", proto, addr, 50000, 22
-        yield "out", "icmp", addr, None, None
-    yield "out", "udp", "255.255.255.255", 67, 68
-    yield "out", "udp", "203.0.113.77", 67, 68   # DHCP-shaped, to a stranger
-    yield "in", "udp", "192.0.2.1", 67, 68       # an unsolicited "offer"
+        services = [(proto, port) for port in sorted(ports) for proto in ("tcp", "udp")] + [("icmp", None)]
+        out += matrix(sorted(map(str, addrs)), services, families=(net.version,), sport=SPORT)
+    strange = [(proto, port) for proto in ("tcp", "udp") for port in (443, 22)] + [("icmp", None)]
+    dhcp = [Probe("endpoint", "255.255.255.255", "udp", 67, 4, sport=68),
+            Probe("endpoint", "203.0.113.77", "udp", 67, 4, sport=68),   # DHCP-shaped, to a stranger
+            Probe("192.0.2.1", "endpoint", "udp", 68, 4, sport=67)]      # an unsolicited "offer"
+    for fam, addrs in STRANGERS.items():
+        out += matrix(addrs, strange, families=(fam,), sport=SPORT)
+    return list(dict.fromkeys(out + dhcp))
 
 
 DHCP_ANY = pytest.mark.xfail(strict=True, reason="issue 19: the pf anchor passes udp 68->67 "
@@ -206,10 +215,11 @@ def test_loaded_anchor_allows_exactly_the_plan(name, tmp_path):
     fake = FakePfctl()
     PfBackend(str(tmp_path), run=fake).apply(plan)
     checked = 0
-    for direction, proto, addr, rport, lport in probes(plan):
-        local = "2001:db8::2" if ":" in addr else "192.0.2.2"
+    for p in probes(plan):
+        direction, proto, addr, rport, lport = pf_flow(p)
+        local = "2001:db8::2" if p.family == 6 else "192.0.2.2"
         got = fake.verdict(direction, proto, addr, remote_port=rport, local_port=lport, local=local)
-        assert got == expected(plan, direction, proto, addr, rport, lport), (direction, proto, addr, rport, lport)
+        assert got == expected(plan, p), p.label()
         checked += 1
     assert fake.verdict("out", "tcp", "127.0.0.1", 8080, 50000, local="127.0.0.1", iface="lo0") == "pass"
     assert fake.verdict("in", "tcp", "::1", 50000, 22, local="::1", iface="lo0") == "pass"
