@@ -8,7 +8,7 @@ import sys
 import time
 
 from agent import __version__, client
-from agent.config import Config, config_path, load_config
+from agent.config import DEFAULT_PATH, Config, config_path, load_config
 from agent.errors import EXIT_FAILURE, EXIT_OK, AgentNotRunning, CordonError, FieldError, InvalidInput, run_cli
 from agent.policy import MAX_POLICY_BYTES, parse_json, validate_policy
 from platforms.base import BackendError
@@ -233,7 +233,7 @@ def cmd_config_check(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default=argparse.SUPPRESS, metavar="PATH",
-                        help="agent config (default: $CORDON_CONFIG, else /etc/cordon/agent.toml)")
+                        help=f"agent config (default: $CORDON_CONFIG, else {DEFAULT_PATH})")
     p = argparse.ArgumentParser(prog="cordon", parents=[common], description="Cordon endpoint isolation agent",
                                 epilog="exit codes: 0 ok, 1 failure, 2 invalid input, 3 agent not running, 4 not permitted")
     p.add_argument("--version", action="version", version=f"cordon {__version__}", help="print the version and exit")

@@ -12,8 +12,9 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valid
 from agent.channel.settings import ConsoleConfig, uncovered_servers
 from agent.errors import FieldError, InvalidInput, from_pydantic
 from agent.fields import Address, HostAddress, Name, Ports, Protocol, check_icmp_ports
+from agent.paths import installed
 
-DEFAULT_PATH = "/etc/cordon/agent.toml"
+DEFAULT_PATH = installed().config  # /etc/cordon/agent.toml; macOS: /Library/Application Support/Cordon/
 MAX_CONFIG_BYTES = 1024 * 1024
 
 
@@ -56,8 +57,8 @@ class Config(BaseModel):
 
     sensor_type: Literal["endpoint_sensor", "security_agent"] = "endpoint_sensor"
     backend: Literal["auto", "nftables", "pf", "windivert"] = "auto"
-    state_dir: str = "/var/lib/cordon"
-    control_socket: str = "/run/cordon/control.sock"
+    state_dir: str = Field(default_factory=lambda: installed().state_dir)            # agent.paths, per OS
+    control_socket: str = Field(default_factory=lambda: installed().control_socket)
     vendor: Vendor
     exceptions: ExceptionsConfig = ExceptionsConfig()
     console: ConsoleConfig | None = None   # DESIGN §10; absent = local control only
@@ -84,7 +85,7 @@ class Config(BaseModel):
 
 
 def config_path(cli_value: str | None) -> str:
-    """--config > $CORDON_CONFIG > /etc/cordon/agent.toml."""
+    """--config > $CORDON_CONFIG > this OS's installed config (agent.paths)."""
     return cli_value or os.environ.get("CORDON_CONFIG") or DEFAULT_PATH
 
 

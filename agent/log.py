@@ -200,7 +200,8 @@ def health() -> dict | None:
 
 def audit_log_path(default: Path) -> Path:
     """Under systemd (LogsDirectory=cordon) the audit log is $LOGS_DIRECTORY/audit.log, i.e.
-    /var/log/cordon/audit.log; elsewhere (labs, tests) the config's default."""
+    /var/log/cordon/audit.log; under launchd the plist sets LOGS_DIRECTORY=/Library/Logs/Cordon
+    (agent.paths); elsewhere (labs, tests) the config's default."""
     logs = os.environ.get("LOGS_DIRECTORY", "").split(":")[0]
     return Path(logs) / "audit.log" if logs else default
 

@@ -35,18 +35,24 @@ class Refresher:
         return min(times) if times else None
 
     def refresh(self) -> bool:
-        """Re-resolve the names that are due, drop what expired. True if the rules changed."""
+        """Re-resolve the names that are due, drop what expired. True if the rules changed.
+        The names are resolved outside the engine lock (up to resolve.LIFETIME_S each, more
+        if the resolvers are unreachable), so commands and status never wait on DNS; the
+        answers are then pruned to the names of the state in force under the lock."""
         e = self.engine
         with e._lock:
-            now = time.time()
             names = hostx.names_of(e.state)
-            if names:
-                before = e.hosts.current()
-                for host, answer in e.hosts.update(names, only=e.hosts.due(now)).items():
-                    was = before.get(host)
-                    if was is None or (was.addresses, was.error) != (answer.addresses, answer.error):
-                        e.log.info("host_resolved", host=host, addresses=list(answer.addresses),
-                                   ttl=answer.ttl, error=answer.error)  # only when the answer changed
+            due = e.hosts.due(time.time())
+        before = e.hosts.current()
+        found = e.hosts.update(names, only=due, prune=False) if names else {}
+        with e._lock:
+            now = time.time()
+            e.hosts.update(hostx.names_of(e.state), only=())  # prune; a new name was resolved by its command
+            for host, answer in found.items():
+                was = before.get(host)
+                if was is None or (was.addresses, was.error) != (answer.addresses, answer.error):
+                    e.log.info("host_resolved", host=host, addresses=list(answer.addresses),
+                               ttl=answer.ttl, error=answer.error)  # only when the answer changed
             self._announce_expired(now)
             plan = e.desired_plan()
             if plan is None or e.degraded:

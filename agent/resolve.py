@@ -91,9 +91,11 @@ class HostTable:
         with self._lock:
             return {h: a for h, (_, a) in self._answers.items()}
 
-    def update(self, hosts, only=None) -> dict[str, HostAddresses]:
-        """Keep answers for `hosts` only; resolve (in parallel) those in `only` (default:
-        all of them) and any not known yet. Returns the answers of the names resolved."""
+    def update(self, hosts, only=None, prune: bool = True) -> dict[str, HostAddresses]:
+        """Resolve (in parallel) the `hosts` in `only` (default: all of them) and any not
+        known yet; then, with `prune`, keep answers for `hosts` only. Returns the answers of
+        the names resolved. Without `prune` a caller that resolved outside the engine lock
+        cannot drop a name that a newer policy added meanwhile."""
         hosts = set(hosts)
         with self._lock:
             known = set(self._answers)
@@ -104,7 +106,8 @@ class HostTable:
             with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(ask))) as pool:
                 found = dict(zip(ask, pool.map(lambda h: self._resolve(h, self.servers, self.min_ttl), ask)))
         with self._lock:
-            self._answers = {h: v for h, v in self._answers.items() if h in hosts}
+            if prune:
+                self._answers = {h: v for h, v in self._answers.items() if h in hosts}
             self._answers.update({h: (asked_at, a) for h, a in found.items()})
         return found
 

@@ -1,7 +1,8 @@
 """The control socket: a Unix stream socket, one request per connection, a thread each.
 
 Any local user may ask for status; changes need root, checked on the peer's
-credentials (SO_PEERCRED), never on anything the client says about itself.
+credentials as the kernel reports them (agent.peercred: SO_PEERCRED on Linux,
+LOCAL_PEERCRED on macOS), never on anything the client says about itself.
 Admission (agent.admission) is decided on the uid at accept, before the body is read;
 a request must arrive whole within one deadline; every request gets a reply line.
 """
@@ -10,24 +11,19 @@ from __future__ import annotations
 import os
 import socket
 import socketserver
-import struct
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from agent import protocol
 from agent.admission import Admission
 from agent.errors import ApplyFailed, FieldError, InvalidInput, NotPermitted
 from agent.log import excerpt
+from agent.peercred import Peer, reader_for
 
 REQUEST_DEADLINE_S = 5.0    # the whole request, however it is dribbled
 REPLY_TIMEOUT_S = 5.0       # a client that does not read its reply does not hold a thread
-
-
-def peer_credentials(sock: socket.socket) -> dict:
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", creds)
-    return {"caller_pid": pid, "caller_uid": uid}
 
 
 def send_and_close(sock: socket.socket, msg: dict, timeout: float = REPLY_TIMEOUT_S) -> None:
@@ -106,8 +102,10 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     request_queue_size = 512  # a burst of local clients is queued, not refused (EAGAIN)
 
-    def __init__(self, path: str, engine, log, admission: Admission | None = None, rejections=None) -> None:
+    def __init__(self, path: str, engine, log, admission: Admission | None = None, rejections=None,
+                 peer: Callable[[socket.socket], Peer] | None = None) -> None:
         self.engine = engine
+        self._peer = peer or reader_for()  # this OS's credential reader
         self.log = log
         self.admission = admission or Admission()
         self._rejections = rejections  # a log.RateLimited; None logs every rejection
@@ -133,8 +131,9 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
     def actor_of(self, request) -> dict:
         try:
-            return peer_credentials(request)
-        except OSError:
+            peer = self._peer(request)
+            return {"caller_pid": peer.pid, "caller_uid": peer.uid}
+        except OSError:  # unreadable credentials: nobody, read-only
             return {"caller_pid": None, "caller_uid": -1}
 
     def rejected(self, actor: dict, cmd: str | None, reason: str) -> None:

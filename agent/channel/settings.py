@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent.channel.wire import valid_agent_id
+from agent.paths import installed
 
 MACHINE_ID = "/etc/machine-id"
 
@@ -38,7 +39,7 @@ class ConsoleConfig(BaseModel):
 
     servers: Annotated[tuple[str, ...], Field(strict=False, min_length=1, max_length=16)]
     agent_id: str = ""
-    public_key: str = "/etc/cordon/console.pub"
+    public_key: str = Field(default_factory=lambda: installed().console_key)  # agent.paths, per OS
     credentials: str = ""
 
     @field_validator("servers")

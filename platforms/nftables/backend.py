@@ -103,8 +103,7 @@ class NftablesBackend(Backend):
         """Deletes, then adds. An element whose expiry moved is deleted and added again with
         its new timeout in the same (atomic) batch: not updated in place, because on this
         6.18 kernel a NEWSETELEM on an existing element of the real sets left it to lapse at
-        its old expiration (test_host_exceptions caught it), though the scratch-set probe
-        `set_element_timeout_update` saw the expiration move. An element whose timeout has run
+        its old expiration (test_host_exceptions caught it). An element whose timeout has run
         out is not deleted: the kernel has dropped it (deleting it would fail the batch with
         ENOENT)."""
         dels, adds, now = [], [], time.time()
@@ -149,7 +148,6 @@ class NftablesBackend(Backend):
 
     def _run_probes(self):
         yield probes.probe_persist(self._socket())
-        yield probes.probe_timeout_update(self._socket())
 
     def _flags(self) -> int:
         """owner|persist where the probe found them; else none at all, because an

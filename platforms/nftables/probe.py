@@ -15,7 +15,6 @@ from platforms.nftables.netlink import NetlinkFailure, NftSocket
 
 PROBE_TABLE = "cordon_probe"
 PERSIST = "table_owner_persist"
-TIMEOUT_UPDATE = "set_element_timeout_update"
 
 
 def is_supported(platform: str = sys.platform) -> Support:
@@ -61,38 +60,3 @@ def probe_persist(sock: NftSocket) -> Probe:
                  f"created table inet {PROBE_TABLE} with flags {'|'.join(wanted)}; read back flags "
                  f"{'|'.join(w.flag_names(flags)) or 'none'}, owner port {owner} (this socket "
                  f"{sock.portid}); deleted")
-
-
-def probe_timeout_update(sock: NftSocket) -> Probe:
-    """Does NEWSETELEM on an element that exists give it the new timeout (newer kernels)
-    rather than leave the old one? Then a host refresh only re-adds the elements whose
-    expiry moved; without it each is deleted and added again in the same batch."""
-    body = w.table_body(name=PROBE_TABLE)
-    if sock.get("GETTABLE", body) is not None:
-        sock.batch([("DELTABLE", 0, body)])
-    el = (((0xC0000201, 0xC0000201), (6, 6), (443, 443)),)  # 192.0.2.1 . tcp . 443
-
-    def add(ms: int) -> tuple:
-        [elements] = w.setelem_bodies("out_l4", el, "a", {el[0]: ms}, table=PROBE_TABLE)
-        return ("NEWSETELEM", w.NLM_F_CREATE, elements)
-    try:
-        sock.batch([("NEWTABLE", w.NLM_F_CREATE, body), ("NEWSET", w.NLM_F_CREATE, w.set_body("out_l4", "a", PROBE_TABLE)),
-                    add(60_000)])
-        sock.batch([add(7_200_000)])
-        seen = left = None
-        for payload in sock.dump("GETSETELEM", w.set_ref_body("out_l4", "a", PROBE_TABLE)):
-            for _, elem in w.parse_attrs(w.attr_map(payload).get(w.NFTA_SET_ELEM_LIST_ELEMENTS, b"")):
-                attrs = w.attr_map(elem)
-                raw, exp = attrs.get(w.NFTA_SET_ELEM_TIMEOUT), attrs.get(w.NFTA_SET_ELEM_EXPIRATION)
-                seen = int.from_bytes(raw[:8], "big") if raw else None
-                left = int.from_bytes(exp[:8], "big") if exp else None
-    except NetlinkFailure as exc:
-        return Probe(TIMEOUT_UPDATE, False, f"scratch set with a timeout refused: {exc}")
-    finally:
-        if sock.get("GETTABLE", body) is not None:
-            sock.batch([("DELTABLE", 0, body)])
-    # What matters is when the element lapses (its expiration), not the timeout attribute: a
-    # kernel may store the new timeout and keep counting down the old expiration.
-    return Probe(TIMEOUT_UPDATE, seen == 7_200_000 and left is not None and left > 60_000,
-                 f"element added with timeout 60000 ms, added again with 7200000 ms: read back timeout "
-                 f"{seen} ms, expiring in {left} ms; deleted")

@@ -44,13 +44,17 @@ def subprocess_runner(argv: list[str], stdin: str | None = None) -> Result:
 
 PFCTL = "/sbin/pfctl"
 TOKEN_FILE = "pf.token"
-NOTES = ("pf anchor com.apple/cordon; rules stay loaded when the agent dies, not after a "
-         "reboot (the agent re-applies at start); another root process can flush the "
-         "anchor or disable pf: read_back detects it and apply restores it")
+NOTES = (f"pf anchor {ANCHOR}, the first child of com.apple/* in pf's name order; rules stay loaded "
+         "when the agent dies, not after a reboot (the agent re-applies at start); another root "
+         "process can flush the anchor, disable pf or load an anchor that sorts before ours: "
+         "read_back detects it and apply restores what is ours")
 _TOKEN = re.compile(r"Token\s*:\s*(\d+)")
 # What pfctl -X says for a token the kernel does not know (e.g. after a reboot):
 # DIOCSTOPREF fails with EINVAL.
 _STALE_TOKEN = re.compile(r"invalid|not found|no such|not enabled", re.I)
+# What `pfctl -a NAME -sr` says for an anchor the kernel does not hold: pf removes an
+# anchor once it is empty and unreferenced (after our -F all), then DIOCGETRULES fails.
+_NO_ANCHOR = re.compile(r"DIOCGETRULES: Invalid argument")
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,15 @@ def anchor_point(main_listing: str, anchor: str = ANCHOR) -> tuple[bool, str]:
     return False, f"the main ruleset does not evaluate {anchor}"
 
 
+def evaluated_before(anchor: str, siblings_listing: str) -> list[str]:
+    """The siblings of `anchor` that its parent's `/*` evaluates first: pf orders children
+    by strcmp of their paths, which is Python's bytes order. `siblings_listing` is what
+    `pfctl -a PARENT -s Anchors` prints (one path a line, indented)."""
+    mine = anchor.encode()
+    names = [ln.strip() for ln in siblings_listing.splitlines() if ln.strip()]
+    return sorted(n for n in names if n.encode() < mine)
+
+
 class PfBackend(Backend):
     name = "pf"
     CAPABILITIES = Capabilities(survives_agent_exit=True, blocks_tamper_while_alive=False,
@@ -165,7 +178,7 @@ class PfBackend(Backend):
 
     def clear(self) -> None:
         r = self._pfctl("-a", self.anchor, "-F", "all", check=False)
-        if r.rc != 0 and self._pfctl("-a", self.anchor, "-sr").stdout.strip():
+        if r.rc != 0 and self._rules_of(self.anchor).strip():
             raise BackendError(f"pfctl -a {self.anchor} -F all failed: {r.stderr.strip()}")
         token = self.load_token()
         if token:
@@ -218,7 +231,7 @@ class PfBackend(Backend):
     # ------------------------------------------------------------ read back
 
     def read_back(self) -> ReadBack:
-        listing = self._pfctl("-a", self.anchor, "-sr").stdout
+        listing = self._rules_of(self.anchor)
         enabled = self._enabled()
         token = self.load_token()
         details: dict = {"anchor": self.anchor, "pf_enabled": enabled, "token": token}
@@ -231,6 +244,7 @@ class PfBackend(Backend):
                 tables[name] = pf_render.parse_table_show(r.stdout)
         res = pf_render.read_rules(listing, tables)
         point_ok, why = anchor_point(self._pfctl("-sr").stdout, self.anchor)
+        first = self._earlier_rules()
         problems = list(res.problems)
         if not res.loopback:
             problems.append("loopback rule missing")
@@ -240,11 +254,26 @@ class PfBackend(Backend):
             problems.append("pf is disabled")
         if not point_ok:
             problems.append(why)
+        problems += [f"anchor {n} holds rules and is evaluated before {self.anchor}" for n in first]
         details.update(rules=len(listing.strip().splitlines()), tables=len(tables), atoms=len(res.atoms),
-                       dhcp=res.dhcp, anchor_point=point_ok, problems=problems,
+                       dhcp=res.dhcp, anchor_point=point_ok, evaluated_first=first, problems=problems,
                        token_registered=bool(token) and self._token_registered(token))
-        digest = res.digest() if enabled and point_ok else None
+        digest = res.digest() if enabled and point_ok and not first else None
         return ReadBack(present=True, digest=digest, details=details)
+
+    def _rules_of(self, anchor: str) -> str:
+        """`pfctl -a ANCHOR -sr`; an anchor pf does not hold has no rules."""
+        r = self._pfctl("-a", anchor, "-sr", check=False)
+        if r.rc != 0 and not _NO_ANCHOR.search(r.stderr):
+            raise BackendError(f"pfctl -a {anchor} -sr failed: {r.stderr.strip()}")
+        return r.stdout if r.rc == 0 else ""
+
+    def _earlier_rules(self) -> list[str]:
+        """Siblings evaluated before our anchor that hold rules (an empty one, like Apple's
+        placeholders, decides nothing)."""
+        parent = self.anchor.rsplit("/", 1)[0]
+        siblings = self._pfctl("-a", parent, "-s", "Anchors", check=False).stdout
+        return [n for n in evaluated_before(self.anchor, siblings) if self._rules_of(n).strip()]
 
     # ------------------------------------------------------------ pfctl and token
 

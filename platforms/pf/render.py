@@ -1,7 +1,7 @@
 """The pf anchor text, both ways. Pure: no pfctl, no I/O.
 
-`render(plan)` turns a Plan into the text loaded with `pfctl -a com.apple/cordon -f -`.
-`read_rules(listing, tables)` turns what `pfctl -a com.apple/cordon -sr` prints (pfctl's
+`render(plan)` turns a Plan into the text loaded with `pfctl -a com.apple/000.cordon -f -`.
+`read_rules(listing, tables)` turns what `pfctl -a com.apple/000.cordon -sr` prints (pfctl's
 normalised form: port lists expanded into one rule each, `port = https`, defaults such
 as `flags S/SA keep state` spelled out) plus the table contents back into plan atoms,
 so the backend can tell what is really in force.
@@ -16,7 +16,13 @@ from itertools import groupby
 
 from platforms.plan import DHCP_CLIENT_PORT, DHCP_SERVER_PORT, Flow, Plan, PortRange, atoms_digest
 
-ANCHOR = "com.apple/cordon"
+# macOS's /etc/pf.conf evaluates `anchor "com.apple/*"`: the children of com.apple, one after
+# the other in strcmp order of their names (pf keeps them in a red-black tree ordered by path;
+# "/*" does not descend further), and a `quick` match in any of them ends the evaluation.
+# Apple's children are numbered ("100.InternetSharing", "200.AirDrop",
+# "250.ApplicationFirewall", ...): "000." sorts before all of them, so every packet meets
+# Cordon's rules (all `quick`) before any Apple rule can pass or block it for good.
+ANCHOR = "com.apple/000.cordon"
 TABLE_PREFIX = "cordon_"
 _PROTO_ORDER = {"tcp": 0, "udp": 1, "icmp": 2, "any": 3}
 _DIR_ORDER = {"out": 0, "in": 1}

@@ -8,6 +8,14 @@ anchors, tables, states, the enabled flag and enable tokens, records every call,
 can evaluate a packet against what is loaded (first `quick` match or last match,
 anchors expanded in place, default pass) as an oracle.
 
+Anchors as pf(4) keeps them (xnu bsd/net/pf_ruleset.c, pf.c): a path names a node in a tree;
+an anchor rule's name is relative to the ruleset that holds it and creates its target (empty)
+when loaded; `anchor "X/*"` evaluates X's children one after the other in strcmp order of
+their paths, not descending further; a `quick` match anywhere ends the whole evaluation.
+An anchor left empty, childless and unreferenced (after `-F all`) is removed, and
+`-a NAME -sr` then fails with DIOCGETRULES: Invalid argument. `-a NAME -s Anchors` lists
+NAME's children.
+
 Grammar subset (pf.conf(5), PACKET FILTERING / TABLES / ANCHORS):
   table  <name> [const|persist|counters]... [{ host, ... }]
   action [in|out] [log] [quick] [on ifname] [inet|inet6] [proto (name | { name, ... })]
@@ -41,8 +49,14 @@ anchor "com.apple/*"
 load anchor "com.apple" from "/etc/pf.anchors/com.apple"
 """
 STOCK_COM_APPLE = """\
+scrub-anchor "100.InternetSharing/*"
+nat-anchor "100.InternetSharing/*"
+rdr-anchor "100.InternetSharing/*"
+anchor "100.InternetSharing/*"
 anchor "200.AirDrop/*"
 anchor "250.ApplicationFirewall/*"
+dummynet-anchor "300.NetworkLinkConditioner/*"
+anchor "300.NetworkLinkConditioner/*"
 """
 
 
@@ -468,12 +482,48 @@ class FakePfctl:
             return Out(0)
         if anchor is None:
             self.main = rs
+            self._attach("", rs)
             for name, path in rs.loads:
                 sub, _ = parse_ruleset(self.files.get(path, ""), main=True)
+                self._create(name)
                 self.anchors[name] = sub
+                self._attach(name, sub)
         else:
+            self._create(anchor)
             self.anchors[anchor] = rs  # one transaction: rules and tables together
         return Out(0)
+
+    # -- the anchor tree
+    def _create(self, path: str) -> None:
+        """pf_find_or_create_ruleset: the anchor and every parent on its path."""
+        parts = path.split("/")
+        for n in range(1, len(parts) + 1):
+            self.anchors.setdefault("/".join(parts[:n]), Ruleset())
+
+    def _attach(self, base: str, rs: Ruleset) -> None:
+        """pf_anchor_setup: each anchor rule creates the anchor it calls."""
+        for rule in rs.rules:
+            if rule.anchor is not None:
+                self._create(_resolve(base, rule.anchor).removesuffix("/*"))
+
+    def children(self, path: str) -> list[str]:
+        """The anchors directly below `path`, in pf's order (strcmp of the paths)."""
+        prefix = f"{path}/" if path else ""
+        kids = [n for n in self.anchors if n.startswith(prefix) and "/" not in n[len(prefix):]]
+        return sorted(kids, key=lambda n: n.encode())
+
+    def _referenced(self, path: str) -> bool:
+        rulesets = [("", self.main), *self.anchors.items()]
+        return any(_resolve(base, r.anchor).removesuffix("/*") == path
+                   for base, rs in rulesets for r in rs.rules if r.anchor is not None)
+
+    def _remove_if_empty(self, path: str) -> None:
+        while path:
+            rs = self.anchors.get(path)
+            if rs is None or rs.rules or rs.tables or self.children(path) or self._referenced(path):
+                return
+            del self.anchors[path]
+            path = path.rpartition("/")[0]
 
     # -- enable references
     def _enable_ref(self) -> Out:
@@ -523,6 +573,8 @@ class FakePfctl:
                     rs.extra = []
             if what in ("all", "Tables"):
                 rs.tables = {}
+            if anchor is not None:
+                self._remove_if_empty(anchor)
         return Out(0, stderr="rules cleared\n")
 
     # -- tables
@@ -537,8 +589,14 @@ class FakePfctl:
     # -- show
     def _show(self, what: str, anchor: str | None) -> Out:
         if what in ("r", "rules"):
-            rs = self.main if anchor is None else self.anchors.get(anchor, Ruleset())
+            rs = self.main if anchor is None else self.anchors.get(anchor)
+            if rs is None:
+                return Out(1, stderr="pfctl: DIOCGETRULES: Invalid argument\n")
             return Out(0, stdout="".join(line + "\n" for line in rs.extra + [r.text() for r in rs.rules]))
+        if what in ("A", "Anchors"):
+            if anchor is not None and anchor not in self.anchors:
+                return Out(1, stderr=f"Anchor '{anchor}' not found.\n")
+            return Out(0, stdout="".join(f"  {n}\n" for n in self.children(anchor or "")))
         if what in ("s", "states"):
             return Out(0, stdout="".join(s.line() + "\n" for s in self.states))
         if what in ("i", "info"):
@@ -566,15 +624,15 @@ class FakePfctl:
             else (remote, remote_port, local, local_port)
         pkt = dict(direction=direction, proto=proto, src=src, sport=sport, dst=dst, dport=dport,
                    iface=iface, flags=tcp_flags)
-        decision, _ = self._eval(self.main, pkt, "pass")
+        decision, _ = self._eval("", self.main, pkt, "pass")
         return decision
 
-    def _eval(self, rs: Ruleset, pkt: dict, decision: str, depth: int = 0):
+    def _eval(self, path: str, rs: Ruleset, pkt: dict, decision: str):
         for rule in rs.rules:
             if rule.anchor is not None:
-                for name in self._anchors_for(rule.anchor):
-                    decision, quick = self._eval(self.anchors[name], pkt, decision, depth + 1)
-                    if quick:
+                for name in self._anchors_for(path, rule.anchor):
+                    decision, quick = self._eval(name, self.anchors[name], pkt, decision)
+                    if quick:  # a quick match inside an anchor ends the whole evaluation
                         return decision, True
                 continue
             if self._match(rule, rs, pkt):
@@ -583,11 +641,11 @@ class FakePfctl:
                     return decision, True
         return decision, False
 
-    def _anchors_for(self, call: str) -> list[str]:
-        if call.endswith("/*"):
-            prefix = call[:-1]
-            return sorted(n for n in self.anchors if n.startswith(prefix) and "/" not in n[len(prefix):])
-        return [call] if call in self.anchors else []
+    def _anchors_for(self, base: str, call: str) -> list[str]:
+        target = _resolve(base, call)
+        if target.endswith("/*"):
+            return self.children(target[:-2])
+        return [target] if target in self.anchors else []
 
     def _match(self, r: Rule, rs: Ruleset, pkt: dict) -> bool:
         ip = ipaddress.ip_address(pkt["src"])
@@ -621,6 +679,13 @@ class FakePfctl:
         else:
             hit = _in(addr, h.value)
         return hit != h.neg
+
+
+def _resolve(base: str, call: str) -> str:
+    """An anchor rule's name, relative to the anchor holding it unless it starts with '/'."""
+    if call.startswith("/"):
+        return call[1:]
+    return f"{base}/{call}" if base else call
 
 
 def _in(addr: str, net) -> bool:

@@ -12,7 +12,7 @@ from platforms.pf.backend import PfBackend, parse_states, anchor_point
 from tests.unit.fake_pfctl import FakePfctl, FakeState
 from tests.unit.test_pf_render import plan_for
 
-A = "com.apple/cordon"
+from platforms.pf.render import ANCHOR as A  # noqa: E402
 
 
 @pytest.fixture

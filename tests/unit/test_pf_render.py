@@ -273,4 +273,4 @@ def test_read_rules_flags_anything_cordon_does_not_render(bad):
 def test_read_rules_wants_the_block_last():
     res = read_rules("pass quick on lo0 all no state\nblock drop quick all\npass out all\n", {})
     assert res.digest() is None
-    assert ANCHOR == "com.apple/cordon"
+    assert ANCHOR == "com.apple/000.cordon"

@@ -100,3 +100,41 @@ def test_an_exception_gone_long_before_its_time_is_tamper(tmp_path):
     e.backend.installed = (dhcp, frozenset(a for a in atoms if a[2] != "203.0.113.5/32"))
     assert e.reconcile() is True and log.of("tamper_detected")
     assert exception_atoms(e) == {("out", "tcp", "203.0.113.5/32", 22, 22)}
+
+
+def test_commands_and_status_do_not_wait_on_a_slow_resolver(tmp_path):
+    """A refresh resolves outside the engine lock: while the resolvers hang (unreachable,
+    or a hostile one answering slowly), status and release still go through, and the late
+    answer does not bring back a name the release dropped."""
+    import threading
+    asked, go_on, answered = threading.Event(), threading.Event(), threading.Event()
+    state = {"slow": False}
+
+    def answer():
+        if state["slow"]:
+            asked.set()
+            go_on.wait(60)  # with the engine lock held this times out and status waits for it
+            answered.set()
+        return HostAddresses(NAME, ("203.0.113.20",), time.time() + 1, None, 1)
+    e, _ = engine(tmp_path, {NAME: answer})
+    e.set_policy({"enabled": True, "outbound": [{"protocol": "tcp", "host": NAME, "ports": "443"}]}, {})
+    e.isolate("standard", None, {})
+    state["slow"] = True
+    r = Refresher(e)
+    while time.time() < r.next_due():
+        time.sleep(0.02)
+    worker = threading.Thread(target=r.refresh)
+    worker.start()
+    try:
+        assert asked.wait(120), "the refresh never asked the resolver"
+        # The resolver is blocked until go_on: if the engine lock were held, these would hang.
+        assert e.status()["state"] == "isolated"
+        e.release(None, {})
+        assert e.status()["state"] == "normal"
+        assert not answered.is_set(), "status and release waited for the resolver"
+    finally:
+        go_on.set()
+        worker.join(120)
+    assert not worker.is_alive()
+    assert e.hosts.current() == {}  # the late answer for the released policy's name was pruned
+    assert e.backend.installed is None or not exception_atoms(e)
