@@ -227,10 +227,12 @@ class Agent(AgentCommands):
     def wait_for_event(self, event: str, count: int = 1, timeout: float = 30) -> list[dict]:
         """Until the audit log holds `count` `event`s (x load deadline); returns them all.
         Fails at once if the agent exits meanwhile (it can write no more)."""
+        def enough():
+            evs = self.audit_events(event)
+            return evs if len(evs) >= count else None
         try:
-            return wait_until(lambda: (evs := self.audit_events(event)) if len(evs) >= count else None,
-                              timeout, f"{self.host}: audit event {event} x{count}", abort=self.exit_reason,
-                              error=CordonWrong)
+            return wait_until(enough, timeout, f"{self.host}: audit event {event} x{count}",
+                              abort=self.exit_reason, error=CordonWrong)
         except CordonWrong as exc:
             raise CordonWrong(f"{exc}\n{self.stderr_tail()}") from None
 

@@ -71,8 +71,11 @@ def _vm_paths(lab, vm: str) -> dict:
 def _await_open(fn, what: str) -> dict:
     """Poll (load-scaled deadline) until every path of `fn()` is open; a fresh bridge
     port needs a moment to forward."""
-    return wait_until(lambda: (seen := fn()) if all(seen.values()) else None, 10,
-                      f"{what} must be open while normal, or this test proves nothing", error=HarnessError)
+    def all_open():
+        seen = fn()
+        return seen if all(seen.values()) else None
+    return wait_until(all_open, 10, f"{what} must be open while normal, or this test proves nothing",
+                      error=HarnessError)
 
 
 @pytest.mark.parametrize("nf_call", [0, 1], ids=["bridge-nf-call=0", "bridge-nf-call=1"])
