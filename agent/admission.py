@@ -1,9 +1,10 @@
-"""Who may hold a control connection now (DESIGN §7). Decided on the peer's uid when the
-connection is accepted, before a byte of the request is read.
+"""Who may hold a control connection now (DESIGN §7). Decided on the peer's account (a uid,
+or a user SID on Windows) when the connection is accepted, before a byte of the request is read.
 
-- root has its own slots, so no number of unprivileged clients can take them;
-- the other uids share a pool, each uid at most a few connections at once;
-- each non-root uid is rate limited (a token bucket), so a loop cannot monopolise the agent.
+- privileged peers (agent.peers.may_change_state) have their own slots, so no number of
+  unprivileged clients can take them;
+- the other accounts share a pool, each at most a few connections at once;
+- each unprivileged account is rate limited (a token bucket), so a loop cannot monopolise the agent.
 A refused client gets an explicit `busy` reply, never a reset."""
 from __future__ import annotations
 
@@ -23,39 +24,39 @@ class Admission:
         self.root_slots, self.shared_slots, self.per_uid = root_slots, shared_slots, per_uid
         self.rate, self.burst, self.clock = rate, burst, clock
         self._lock = threading.Lock()
-        self._active: dict[int, int] = {}
+        self._active: dict[int | str | None, int] = {}
         self._shared = 0
-        self._buckets: dict[int, tuple[float, float]] = {}  # uid -> (tokens, at)
+        self._buckets: dict[int | str | None, tuple[float, float]] = {}  # account -> (tokens, at)
 
-    def admit(self, uid: int) -> str | None:
-        """None when admitted (call leave(uid) when done), else why the client is busy."""
+    def admit(self, uid: int | str | None, privileged: bool) -> str | None:
+        """None when admitted (call leave(uid, privileged) when done), else why the client is busy."""
         with self._lock:
             held = self._active.get(uid, 0)
-            if uid == 0:
+            if privileged:
                 if held >= self.root_slots:
                     return "too many root requests at once; try again"
             else:
                 if not self._take_token(uid):
-                    return f"too many requests from uid {uid}; slow down"
+                    return f"too many requests from {_who(uid)}; slow down"
                 if held >= self.per_uid:
-                    return f"uid {uid} already has {held} connections open"
+                    return f"{_who(uid)} already has {held} connections open"
                 if self._shared >= self.shared_slots:
                     return "too many clients at once; try again"
                 self._shared += 1
             self._active[uid] = held + 1
             return None
 
-    def leave(self, uid: int) -> None:
+    def leave(self, uid: int | str | None, privileged: bool) -> None:
         with self._lock:
             n = self._active.get(uid, 0) - 1
             if n > 0:
                 self._active[uid] = n
             else:
                 self._active.pop(uid, None)
-            if uid != 0:
+            if not privileged:
                 self._shared -= 1
 
-    def _take_token(self, uid: int) -> bool:
+    def _take_token(self, uid: int | str | None) -> bool:
         now = self.clock()
         tokens, at = self._buckets.get(uid, (self.burst, now))
         tokens = min(self.burst, tokens + (now - at) * self.rate)
@@ -66,3 +67,7 @@ class Admission:
             return False
         self._buckets[uid] = (tokens - 1.0, now)
         return True
+
+
+def _who(account: int | str | None) -> str:
+    return f"uid {account}" if not isinstance(account, str) else f"account {account}"

@@ -106,6 +106,9 @@ def _print_status(st: dict, *, live: bool) -> None:
 
 # -- commands -------------------------------------------------------------------------
 def cmd_run(args) -> int:
+    if sys.platform.startswith("win"):
+        from agent.winservice import run as run_service
+        return run_service(lambda: _config(args))
     from agent.daemon import run
     return run(_config(args))
 
@@ -210,7 +213,10 @@ def cmd_rules(args) -> int:
     if policy is not None and policy.enabled and not args.strict and policy.hosts():
         from agent.resolve import HostTable  # host exceptions: what they resolve to now
         hosts = HostTable(config.vendor.dns_servers, config.exceptions.min_host_ttl).update(policy.hosts())
-    plan = compile_plan(config, policy, "strict" if args.strict else "standard", hosts, now=time.time())
+    from agent.dhcp_leases import leased_servers  # DHCP: the servers of the leases held now
+    servers = leased_servers(config.vendor.dhcp_lease_files)[0] if config.vendor.dhcp else ()
+    plan = compile_plan(config, policy, "strict" if args.strict else "standard", hosts, now=time.time(),
+                        dhcp_servers=servers)
     name = args.backend or config.backend
     print(backend_class(name, check_support=False)(state_dir=None).render(plan), end="")
     return EXIT_OK

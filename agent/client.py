@@ -1,12 +1,14 @@
-"""The CLI side of the control socket."""
+"""The CLI side of the control channel (a Unix socket, or the named pipe on Windows)."""
 from __future__ import annotations
 
 import json
 import socket
+import sys
 import time
 
 from agent import protocol
 from agent.errors import AgentNotRunning, CordonError, FieldError, InvalidInput, NotPermitted
+from agent.peers import may_change_state, windows_peer
 
 TIMEOUT_S = 30.0
 
@@ -36,14 +38,55 @@ def _connect(sock: socket.socket, path: str, deadline: float) -> None:
             delay = min(delay * 2, 0.2)
 
 
-def call(socket_path: str, cmd: str, args: dict | None = None) -> dict:
-    """Send one request; return the result or raise the matching CordonError."""
-    deadline = time.monotonic() + TIMEOUT_S
+def _open_unix(path: str, deadline: float):
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(TIMEOUT_S)
+    try:
+        _connect(sock, path, deadline)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _open_pipe(name: str, deadline: float, api=None):
+    """The Windows transport: the named pipe, served only by a privileged process (anyone
+    else holding the name could read our requests and forge replies)."""
+    from platforms.windows.pipe import connect
+    try:
+        stream, server = connect(name, max(0.0, deadline - time.monotonic()), api=api)
+    except FileNotFoundError:
+        raise AgentNotRunning(f"the agent is not running (no answer on {name})") from None
+    except PermissionError:
+        raise NotPermitted(f"not permitted to open {name}") from None
+    except TimeoutError:
+        raise RemoteFailure(f"the agent did not accept a connection within {TIMEOUT_S:.0f} s") from None
+    except OSError as exc:
+        raise RemoteFailure(f"cannot reach the agent on {name}: {exc}") from None
+    if not may_change_state(windows_peer(server.pid, server.user_sid, server.sids_in_force)):
+        stream.close()
+        raise RemoteFailure(f"{name} is served by {server.user_sid} (pid {server.pid}), not by the agent "
+                            "(SYSTEM or Administrators): refusing to talk to it")
+    stream.settimeout(TIMEOUT_S)
+    return stream
+
+
+def open_channel(address: str, deadline: float, platform: str = sys.platform, api=None):
+    """A connected stream to the agent over this platform's transport."""
+    if platform.startswith("win"):
+        return _open_pipe(address, deadline, api=api)
+    return _open_unix(address, deadline)
+
+
+def call(socket_path: str, cmd: str, args: dict | None = None, *, platform: str = sys.platform, api=None) -> dict:
+    """Send one request; return the result or raise the matching CordonError."""
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        sock = open_channel(socket_path, deadline, platform, api)
+    except socket.timeout:
+        raise RemoteFailure(f"the agent did not answer within {TIMEOUT_S:.0f} s") from None
     buf = b""
     try:
-        _connect(sock, socket_path, deadline)
         try:
             sock.sendall(protocol.encode({"v": protocol.VERSION, "cmd": cmd, "args": args or {}}))
             sock.shutdown(socket.SHUT_WR)

@@ -25,10 +25,12 @@ def _earliest(*times: float | None) -> float | None:
 
 
 def compile_plan(config: Config, policy: Policy | None, mode: Mode,
-                 hosts: dict[str, HostAddresses] | None = None, now: float | None = None) -> Plan:
+                 hosts: dict[str, HostAddresses] | None = None, now: float | None = None,
+                 dhcp_servers: tuple[str, ...] = ()) -> Plan:
     """`hosts`: the current answer per DNS name of the policy's host exceptions (a name
     without one allows nothing); `now`: exceptions whose expires_at is not after it are
-    left out (None: all are kept, as for `cordon rules`)."""
+    left out (None: all are kept, as for `cordon rules`); `dhcp_servers`: the servers of
+    the host's DHCP leases (agent/dhcp_leases.py), kept only when DHCP is on."""
     hosts = hosts or {}
     flows: list[Flow] = []
     for ep in config.vendor.endpoints:
@@ -60,6 +62,7 @@ def compile_plan(config: Config, policy: Policy | None, mode: Mode,
         dhcp=config.vendor.dhcp,
         policy_version=policy.version if (policy is not None and mode == "standard") else None,
         hosts=tuple(shown[h] for h in sorted(shown)),
+        dhcp_servers=tuple(dhcp_servers) if config.vendor.dhcp else (),
     )
     return plan if now is None else plan.lapsed(now)  # an answer's TTL may have run out
 

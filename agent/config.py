@@ -12,7 +12,7 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valid
 from agent.channel.settings import ConsoleConfig, uncovered_servers
 from agent.errors import FieldError, InvalidInput, from_pydantic
 from agent.fields import Address, HostAddress, Name, Ports, Protocol, check_icmp_ports
-from agent.paths import installed
+from agent.paths import control_address_problem, installed
 
 DEFAULT_PATH = installed().config  # /etc/cordon/agent.toml; macOS: /Library/Application Support/Cordon/
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -41,6 +41,18 @@ class Vendor(BaseModel):
     endpoints: Annotated[tuple[VendorEndpoint, ...], Field(strict=False, min_length=1)]
     dns_servers: Annotated[tuple[HostAddress, ...], Field(strict=False)] = ()
     dhcp: StrictBool = True
+    # Where the host's DHCP client keeps its leases (paths or globs; absent = the standard
+    # places of dhclient, systemd-networkd, NetworkManager and dhcpcd: agent/dhcp_leases.py).
+    # DHCP passes only to the broadcast address and the servers these leases name.
+    dhcp_lease_files: Annotated[tuple[str, ...] | None, Field(strict=False, max_length=16)] = None
+
+    @field_validator("dhcp_lease_files")
+    @classmethod
+    def _absolute_lease_files(cls, v):
+        for path in v or ():
+            if not path or not os.path.isabs(path) or "\0" in path:
+                raise ValueError(f"{path!r} must be an absolute path")
+        return v
 
 
 class ExceptionsConfig(BaseModel):
@@ -63,11 +75,19 @@ class Config(BaseModel):
     exceptions: ExceptionsConfig = ExceptionsConfig()
     console: ConsoleConfig | None = None   # DESIGN §10; absent = local control only
 
-    @field_validator("state_dir", "control_socket")
+    @field_validator("state_dir")
     @classmethod
     def _absolute(cls, v: str) -> str:
         if not v or not os.path.isabs(v) or "\0" in v:
             raise ValueError("must be an absolute path")
+        return v
+
+    @field_validator("control_socket")
+    @classmethod
+    def _control_address(cls, v: str) -> str:
+        problem = control_address_problem(v)   # a Unix socket path, or \\.\pipe\NAME on Windows
+        if problem:
+            raise ValueError(problem)
         return v
 
     @model_validator(mode="after")

@@ -1,5 +1,5 @@
-"""`cordon run`: restore enforcement first, then serve the control socket and watch
-for tampering until SIGTERM/SIGINT. Stopping never lifts isolation."""
+"""`cordon run`: restore enforcement first, then serve the control channel and watch
+for tampering until SIGTERM/SIGINT (or the Windows SCM's stop). Stopping never lifts isolation."""
 from __future__ import annotations
 
 import os
@@ -14,7 +14,7 @@ from agent.engine import Engine
 from agent.errors import ApplyFailed
 from agent.log import RateLimited, audit_log_path, configure, reopen_audit_log
 from agent.refresher import Refresher
-from agent.server import ControlServer
+from agent.control import control_server
 from agent.store import Store
 from platforms import backend_class
 from platforms.base import BackendUnavailable
@@ -96,12 +96,23 @@ def watch(engine: Engine, stop: threading.Event, log, notifier: ServiceNotifier 
             sd_notify("WATCHDOG=1")
 
 
-def run(config: Config) -> int:
-    signal.signal(signal.SIGHUP, lambda _signum, _frame: reopen_audit_log())  # before anything else
+def run(config: Config, stop: threading.Event | None = None, on_serving=None) -> int:
+    """The agent until SIGTERM/SIGINT, or until `stop` is set when a service manager drives it
+    from another thread (Windows: platforms.windows.service); on_serving() is called once the
+    control channel answers (the SCM's SERVICE_RUNNING)."""
+    if stop is None and hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: reopen_audit_log())  # before anything else
     # Before anything touches the state dir, the socket or the firewall: a safe dir, and
     # only one agent per state dir (a second one must not take the socket over).
     instance.check_state_dir(config.state_dir)
-    lock_fd = instance.acquire(config.state_dir)  # noqa: F841 - held until the process exits
+    lock_fd = instance.acquire(config.state_dir)  # held until the agent stops (or the process dies)
+    try:
+        return _run(config, stop, on_serving)
+    finally:
+        os.close(lock_fd)
+
+
+def _run(config: Config, stop: threading.Event | None, on_serving) -> int:
     log = configure(audit_log_path(config.audit_log))
     notifier = ServiceNotifier()
     backend = backend_class(config.backend)(state_dir=config.state_dir)
@@ -115,13 +126,14 @@ def run(config: Config) -> int:
     log.info("backend_probed", backend=backend.name,
              probes=[{"name": p.name, "present": p.present, "evidence": p.evidence} for p in probes])
     engine = Engine(config, Store(config.state_dir), backend, log, health=audit.health)
-    stop = threading.Event()
+    if stop is None:
+        stop = threading.Event()
 
-    def on_signal(signum, _frame):
-        stop.set()
+        def on_signal(signum, _frame):
+            stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
 
     start_problem = None
     try:
@@ -132,13 +144,15 @@ def run(config: Config) -> int:
         engine.degraded = engine.degraded or f"start failed: {exc}"
         log.error("start_degraded", error=repr(exc))
     start_problem = engine.degraded  # the engine degrades instead of raising (issue 14)
-    server = ControlServer(config.control_socket, engine, log, rejections=RateLimited(log))
+    server = control_server(config.control_socket, engine, log, rejections=RateLimited(log))
     # The release gate is in place before the socket serves; the channel has its own thread.
     channel = console_channel.start(config, engine, server, log)
     threading.Thread(target=server.serve_forever, name="control", daemon=True).start()
     log.info("agent_started", pid=os.getpid(), backend=backend.name, sensor_type=config.sensor_type,
              state=engine.state.state, mode=engine.state.mode)
     notifier.update(engine, problem=start_problem)  # READY=1 only if the start enforced the state
+    if on_serving is not None:
+        on_serving()   # the SCM must see RUNNING even when degraded, or it could not stop the agent
     threading.Thread(target=watch, args=(engine, stop, log, notifier), name="watch", daemon=True).start()
     threading.Thread(target=Refresher(engine).loop, args=(stop,), name="refresh", daemon=True).start()
     while not stop.wait(3600):

@@ -21,6 +21,7 @@ from dataclasses import asdict
 from agent import __version__
 from agent.connections import cut_by
 from agent.compile import compile_plan
+from agent.dhcp_leases import leased_servers
 from agent.config import Config
 from agent.errors import ApplyFailed, FieldError, InvalidInput
 from platforms.plan import Mode, Plan
@@ -58,11 +59,14 @@ def state_view(s: AgentState, sensor_type: str) -> dict:
                                 and s.stored_version != (latched or 0) else None),
             "enabled": s.stored_policy.enabled if s.stored_policy else False,
         },
+        # the leased DHCP servers isolation lets DHCP reach (besides the broadcast address)
+        "dhcp_servers": list(s.dhcp_servers),
     }
 
 
 class Engine:
-    def __init__(self, config: Config, store: Store, backend: Backend, log, health=None) -> None:
+    def __init__(self, config: Config, store: Store, backend: Backend, log, health=None,
+                 dhcp_leases=None) -> None:
         self.config = config
         self.store = store
         self.backend = backend
@@ -75,6 +79,9 @@ class Engine:
         self._lock = threading.RLock()
         self.hosts = HostTable(config.vendor.dns_servers, config.exceptions.min_host_ttl)
         self.wake = threading.Event()   # set on every change: the refresh loop re-plans its wait
+        # callable -> (servers, leases): the DHCP servers of the host's leases, read when
+        # isolation begins and pinned in the state while it lasts (agent/dhcp_leases.py)
+        self.dhcp_leases = dhcp_leases or (lambda: leased_servers(config.vendor.dhcp_lease_files))
 
     # -- life cycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -98,7 +105,8 @@ class Engine:
                 aside = f"not moved aside: {err.strerror or err}"
             self.log.error("state_corrupt", error=str(exc), kept_as=str(aside), action="isolated strict")
             return self._persist_at_start(AgentState(state="isolated", mode="strict", since=now_iso(),
-                                                     reason=f"fail-closed: {exc}"))
+                                                     reason=f"fail-closed: {exc}",
+                                                     dhcp_servers=self._learn_dhcp()))
         if state is not None:
             return state
         try:
@@ -115,7 +123,8 @@ class Engine:
         # because the policy behind it cannot be recovered.
         self.log.error("state_missing", path=str(self.store.path), found=why, action="adopted, isolated strict")
         return self._persist_at_start(AgentState(state="isolated", mode="strict", since=now_iso(),
-                                                 reason=f"adopted: {self.store.path} was missing and {why}"))
+                                                 reason=f"adopted: {self.store.path} was missing and {why}",
+                                                 dhcp_servers=self._learn_dhcp()))
 
     def _persist_at_start(self, state: AgentState) -> AgentState:
         try:
@@ -133,6 +142,8 @@ class Engine:
                 "state": "isolated", "mode": mode, "reason": reason,
                 "since": was.since if was.state == "isolated" else now_iso(),
                 "isolation_policy": was.stored_policy,  # latest stored policy, both sensor types
+                # learned when isolation begins, then pinned (also through a local `isolate`)
+                "dhcp_servers": was.dhcp_servers if was.state == "isolated" else self._learn_dhcp(),
             }))
             self.log.info("isolated", mode=mode, reason=reason, **actor, previous_state=was.state,
                           enforced_version=self._enforced_version(), apply_ms=ms)
@@ -204,7 +215,21 @@ class Engine:
         if s.state != "isolated":
             return None
         return compile_plan(self.config, s.isolation_policy, s.mode or "strict", self.hosts.current(),
-                            now=time.time())
+                            now=time.time(), dhcp_servers=s.dhcp_servers)
+
+    def _learn_dhcp(self) -> tuple[str, ...]:
+        """The servers of the DHCP leases the host holds now; none (broadcast only) when DHCP
+        is off or the leases cannot be read."""
+        if not self.config.vendor.dhcp:
+            return ()
+        try:
+            servers, leases = self.dhcp_leases()
+        except Exception as exc:
+            self.log.error("dhcp_leases_unreadable", error=_reason(exc), servers=[])
+            return ()
+        self.log.info("dhcp_servers_learned", servers=list(servers),
+                      leases=[{"interface": x.interface, "server": x.server, "file": x.source} for x in leases])
+        return tuple(servers)
 
     def _resolve_for(self, s: AgentState) -> None:
         """Before a plan with host exceptions is built: answers for its names."""

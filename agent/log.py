@@ -68,7 +68,8 @@ class AuditFile:
     def reopen(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
         # O_NOFOLLOW: a symlink planted at the log path must not redirect root's writes.
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(self.path, flags, 0o640)   # Windows has neither flag: the logs dir's ACL guards it
         old, self._fh = self._fh, os.fdopen(fd, "a", buffering=1, encoding="utf-8")
         if old is not None:
             old.close()

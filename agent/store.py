@@ -13,10 +13,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from agent.policy import Policy
 from platforms.durable import fsync_dir
+from platforms.plan import MAX_DHCP_SERVERS, check_dhcp_server, dhcp_servers_sorted
 
 STATE_FILE = "state.json"
 FORMAT = 1
@@ -38,6 +39,18 @@ class AgentState(BaseModel):
     # The policy that isolation enforces. endpoint_sensor: follows stored_policy at once;
     # security_agent: latched at `isolate`, so a newer stored policy waits as pending.
     isolation_policy: Policy | None = None
+    # The DHCP servers of the leases the host held when isolation began (agent/dhcp_leases.py):
+    # pinned for the isolation, so a lease file written while isolated changes nothing.
+    dhcp_servers: tuple[str, ...] = ()
+
+    @field_validator("dhcp_servers")
+    @classmethod
+    def _servers(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for s in v:
+            check_dhcp_server(s)
+        if len(v) > MAX_DHCP_SERVERS or v != dhcp_servers_sorted(v):
+            raise ValueError(f"at most {MAX_DHCP_SERVERS} unique servers, sorted")
+        return v
 
     @property
     def stored_version(self) -> int:

@@ -35,6 +35,8 @@ def remove_durable(path: str | Path) -> None:
 
 
 def fsync_dir(directory: str | Path) -> None:
+    if not hasattr(os, "O_DIRECTORY"):
+        return   # Windows: a directory cannot be opened to fsync; NTFS journals the rename itself
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

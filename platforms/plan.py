@@ -25,6 +25,8 @@ Mode = Literal["standard", "strict"]
 DNS_PORT = 53
 DHCP_CLIENT_PORT = 68
 DHCP_SERVER_PORT = 67
+DHCP_BROADCAST = "255.255.255.255"
+MAX_DHCP_SERVERS = 4
 
 
 @dataclass(frozen=True, order=True)
@@ -90,13 +92,32 @@ class HostAddresses:
 @dataclass(frozen=True)
 class Plan:
     """What is allowed while isolated. Loopback is always allowed; all else is dropped,
-    IPv4 and IPv6, on the input, output and forward paths."""
+    IPv4 and IPv6, on the input, output and forward paths.
+
+    DHCP (when `dhcp`) is DHCP only, and not a flow: UDP client port 68 -> server port 67
+    to the limited broadcast address or a server in `dhcp_servers` (the servers that
+    leased the host its addresses); server port 67 -> client port 68 from such a server,
+    or to the broadcast address (which no router forwards, so it comes from the link);
+    sized and shaped like BOOTP where the platform can look (size, op, magic cookie).
+    `dhcp_servers` is empty when `dhcp` is false: nothing on those ports passes then."""
 
     mode: Mode
     flows: tuple[Flow, ...]
     dhcp: bool = True
     policy_version: int | None = None  # the policy whose exceptions are in this plan
     hosts: tuple[HostAddresses, ...] = ()  # the host exceptions' names, for display
+    dhcp_servers: tuple[str, ...] = ()  # IPv4 addresses, sorted, unique, at most MAX_DHCP_SERVERS
+
+    def __post_init__(self) -> None:
+        servers = self.dhcp_servers
+        if servers and not self.dhcp:
+            raise ValueError("dhcp_servers: given although dhcp is off")
+        if len(servers) > MAX_DHCP_SERVERS:
+            raise ValueError(f"dhcp_servers: {len(servers)} servers, at most {MAX_DHCP_SERVERS}")
+        if list(servers) != sorted(set(servers), key=_dhcp_key):
+            raise ValueError(f"dhcp_servers: {servers} not sorted and unique")
+        for s in servers:
+            check_dhcp_server(s)
 
     def by_origin(self, origin: Origin) -> tuple[Flow, ...]:
         return tuple(f for f in self.flows if f.origin == origin)
@@ -117,6 +138,12 @@ class Plan:
                 return True
         return False
 
+    def dhcp_sends_to(self, local_port: int | None, remote: str, remote_port: int | None) -> bool:
+        """May the host's DHCP client (`local_port` 68) talk with `remote` on server port
+        67? Only the broadcast address or a leased server, and only with dhcp on."""
+        return self.dhcp and (local_port, remote_port) == (DHCP_CLIENT_PORT, DHCP_SERVER_PORT) \
+            and remote in (DHCP_BROADCAST, *self.dhcp_servers)
+
     def to_json(self) -> dict:
         return asdict(self)
 
@@ -128,7 +155,7 @@ class Plan:
                            f["origin"], f["name"], f.get("host", ""), f.get("expires")) for f in d["flows"])
         hosts = tuple(HostAddresses(h["host"], tuple(h["addresses"]), h["expires"], h["error"], h.get("ttl"))
                       for h in d.get("hosts", ()))
-        return cls(d["mode"], flows, d["dhcp"], d["policy_version"], hosts)
+        return cls(d["mode"], flows, d["dhcp"], d["policy_version"], hosts, tuple(d.get("dhcp_servers", ())))
 
     def timed_atoms(self) -> dict[tuple[str, str, str, int, int], float | None]:
         """atoms() with when each stops: the latest expiry of the flows behind it, None
@@ -171,7 +198,32 @@ class Plan:
     def digest(self) -> str:
         """A short fingerprint of what the plan allows (names and version excluded),
         so that a backend's read-back can be compared with the plan."""
-        return atoms_digest(self.dhcp, self.atoms())
+        return atoms_digest(self.dhcp, self.atoms(), self.dhcp_servers)
+
+
+def check_dhcp_server(text: str) -> ipaddress.IPv4Address:
+    """A DHCP server address a plan may carry: one unicast IPv4 address in canonical
+    dotted-quad form (not 0/8, loopback, link-local, multicast, reserved or broadcast)."""
+    try:
+        addr = ipaddress.IPv4Address(text)
+    except ValueError:
+        raise ValueError(f"dhcp_servers: {text!r} is not an IPv4 address") from None
+    if str(addr) != text or addr.is_loopback or addr.is_multicast or addr.is_reserved \
+            or addr.is_link_local or addr.is_unspecified or int(addr) >> 24 == 0:
+        raise ValueError(f"dhcp_servers: {text!r} is not a unicast IPv4 address")
+    return addr
+
+
+def _dhcp_key(text: str) -> int:
+    try:
+        return int(ipaddress.IPv4Address(text))
+    except ValueError:
+        return -1
+
+
+def dhcp_servers_sorted(addresses) -> tuple[str, ...]:
+    """Addresses as a plan carries them: unique, sorted by value."""
+    return tuple(sorted(set(addresses), key=_dhcp_key))
 
 
 def flow_atoms(flows) -> frozenset[tuple[str, str, str, int, int]]:
@@ -182,6 +234,9 @@ def flow_atoms(flows) -> frozenset[tuple[str, str, str, int, int]]:
     return frozenset(out)
 
 
-def atoms_digest(dhcp: bool, atoms) -> str:
-    body = json.dumps({"dhcp": dhcp, "atoms": sorted(atoms)}, separators=(",", ":"))
+def atoms_digest(dhcp: bool, atoms, dhcp_servers=()) -> str:
+    doc = {"dhcp": dhcp, "atoms": sorted(atoms)}
+    if dhcp_servers:  # so that a plan without leased servers keeps its digest
+        doc["dhcp_servers"] = sorted(dhcp_servers, key=_dhcp_key)
+    body = json.dumps(doc, separators=(",", ":"))
     return hashlib.sha256(body.encode()).hexdigest()[:16]

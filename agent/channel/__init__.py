@@ -3,8 +3,9 @@
     channel = start(config, engine, server, log)   # None without a [console] section
     status()["channel"]                            # connected, server, last_message_at (runner.describe)
 
-wire (format, keys, tokens) · verify (envelope checks) · replay (used ids on disk) ·
-commands (verify + apply through the engine) · settings (the [console] section) ·
+wire (format, keys, tokens) · verify (envelope checks) · replay (used ids and the last
+applied stream sequence, on disk) · commands (verify + apply through the engine) ·
+settings (the [console] section) · merge (the two consumers in stream order) ·
 runner (the NATS connection in its own asyncio thread)."""
 from __future__ import annotations
 

@@ -2,10 +2,12 @@
 
     outcome = Commands(engine, key, agent_id, guard, log).handle(subject, body, seq)
 
-Order: parse and verify (signature, envelope, replay) -> apply through the engine, which
-stores the change durably before it enforces -> remember the id durably. Only then does
-the caller ack. A crash before the id is stored redelivers the command; isolate and
-release are idempotent and a policy comes back as stale, so nothing is applied twice.
+Order: parse and verify (signature, envelope, replay, stream order) -> apply through the
+engine, which stores the change durably before it enforces -> remember the id and its
+stream sequence durably. Only then does the caller ack. A crash before the id is stored
+redelivers the command; isolate and release are idempotent and a policy comes back as
+stale, so nothing is applied twice. A command stored before the last applied one (the
+broker's stream sequence, the console's order) is refused: it would undo a newer one.
 Release tokens (`cordon release --token`) go through the same checks, offline."""
 from __future__ import annotations
 
@@ -47,12 +49,15 @@ class Commands:
                 self.log.info("console_command_redelivered", command_id=cid, seq=seq, subject=subject)
                 return self._event(cid, seq, "applied", "duplicate", "already applied; the broker delivered it again",
                                    self.engine.status())
+            if seq is not None and seq <= self.guard.applied_seq:
+                raise Rejected("not_permitted", f"seq {seq}: superseded, the command at stream sequence "
+                               f"{self.guard.applied_seq} is newer and already applied")
             c = self.check(cmd, broadcast=broadcast)
             if c.args.get("token"):
                 raise Rejected("invalid", "args.token: release tokens are for `cordon release --token`, not the channel")
             actor = {"via": "console", "command_id": c.id}
             status = self._apply(c, actor)
-            self.guard.record(c.id, c.expires_at.timestamp())
+            self.guard.record(c.id, c.expires_at.timestamp(), seq)
         except Rejected as exc:
             self.log.warning("console_command_rejected", command_id=cid, seq=seq, subject=subject,
                              code=exc.code, reason=exc.reason)

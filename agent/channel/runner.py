@@ -2,9 +2,10 @@
 control socket and the tamper watch never wait on the network.
 
 Connect (retrying forever while the broker is away) -> make sure the stream and the
-status bucket exist -> one durable pull consumer per subject (the agent's own and `all`)
--> for each message: verify + apply (in a worker thread: the engine blocks on netlink
-and fsync) -> ack -> status to the bucket -> result event. Status also goes to the bucket
+status bucket exist -> one durable pull consumer per subject (the agent's own and `all`),
+merged into stream order (merge.py) -> for each message: verify + apply (in a worker
+thread: the engine blocks on netlink and fsync) -> ack -> status to the bucket -> result
+event. Status also goes to the bucket
 on every state change and every 30 s. nats-py reconnects by itself once connected; the
 consumers are durable, so commands queued while the agent was away arrive afterwards."""
 from __future__ import annotations
@@ -20,11 +21,11 @@ from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from agent.channel import wire
 from agent.channel.commands import Commands
+from agent.channel.merge import in_stream_order
 from agent.channel.settings import public_url
 
 STATUS_EVERY_S = 30.0
 CHANGE_POLL_S = 1.0
-FETCH_WAIT_S = 5.0
 RETRY_S = (0.5, 5.0)
 REDELIVER_S = 5.0  # a command that could not be stored comes back after this
 ACK_WAIT_S = 15.0  # redelivery if the agent dies between apply and ack, or a delivery is lost
@@ -149,18 +150,21 @@ class Channel:
     # -- serving ---------------------------------------------------------------------
     async def _serve(self, nc) -> None:
         js = nc.jetstream()
-        await ensure_stream(js)
+        info = await ensure_stream(js)
+        # The stream's sequence numbers the commands; a stream created anew starts again at 1.
+        self.commands.guard.bind_stream(wire.rfc3339(info.created) if info.created else None, info.state.last_seq)
         kv = self._kv = await ensure_bucket(js)
-        subs = []
+        subs = {}
         for broadcast in (False, True):
             subject = wire.command_subject(wire.ALL if broadcast else self.agent_id)
-            cfg = ConsumerConfig(durable_name=durable_name(self.agent_id, broadcast), filter_subject=subject,
-                                 ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.NEW if broadcast else DeliverPolicy.ALL,
-                                 ack_wait=ACK_WAIT_S, max_ack_pending=64)
-            subs.append(await js.pull_subscribe(subject, durable=cfg.durable_name, stream=wire.STREAM, config=cfg))
+            durable = durable_name(self.agent_id, broadcast)
+            await ensure_consumer(js, ConsumerConfig(
+                durable_name=durable, filter_subject=subject, ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.NEW if broadcast else DeliverPolicy.ALL,
+                ack_wait=ACK_WAIT_S, max_ack_pending=1))   # one at a time: a queue in stream order
+            subs[durable] = await js.pull_subscribe(subject, durable=durable, stream=wire.STREAM)
         self.log.info("console_subscribed", agent_id=self.agent_id, stream=wire.STREAM)
-        tasks = [asyncio.create_task(self._consume(nc, s)) for s in subs]
-        tasks.append(asyncio.create_task(self._status_loop(kv)))
+        tasks = [asyncio.create_task(self._consume(nc, js, subs)), asyncio.create_task(self._status_loop(kv))]
         stop = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
         for t in [*tasks, stop]:
@@ -169,20 +173,9 @@ class Channel:
             if t is not stop and t.exception():
                 raise t.exception()
 
-    async def _consume(self, nc, sub) -> None:
-        while True:
-            try:
-                msgs = await sub.fetch(batch=16, timeout=FETCH_WAIT_S)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                continue
-            except Exception as exc:  # disconnected: nats-py reconnects; try again shortly
-                if nc.is_closed:
-                    raise
-                self.log.debug("console_fetch_retry", error=repr(exc))
-                await asyncio.sleep(0.5)
-                continue
-            for msg in sorted(msgs, key=lambda m: m.metadata.sequence.stream):
-                await self._one(nc, msg)
+    async def _consume(self, nc, js, subs: dict) -> None:
+        async for msg in in_stream_order(js, subs, lambda: nc.is_closed):
+            await self._one(nc, msg)
 
     async def _one(self, nc, msg) -> None:
         seq = msg.metadata.sequence.stream
@@ -257,16 +250,30 @@ class Channel:
             return False
 
 
-async def ensure_stream(js) -> None:
-    """Whoever connects first (agent or console) creates the stream (DESIGN §10)."""
+async def ensure_stream(js):
+    """Whoever connects first (agent or console) creates the stream (DESIGN §10); its info."""
     try:
-        await js.stream_info(wire.STREAM)
+        return await js.stream_info(wire.STREAM)
     except NotFoundError:
         try:
             await js.add_stream(StreamConfig(name=wire.STREAM, subjects=[wire.STREAM_SUBJECTS],
                                              max_age=wire.STREAM_MAX_AGE_S))
         except Exception:
-            await js.stream_info(wire.STREAM)  # another client won the race
+            pass   # another client won the race
+        return await js.stream_info(wire.STREAM)
+
+
+async def ensure_consumer(js, cfg: ConsumerConfig) -> None:
+    """Create the durable consumer, or bring an existing one (an older agent's) to
+    max_ack_pending 1, which the merge into stream order relies on."""
+    try:
+        ci = await js.consumer_info(wire.STREAM, cfg.durable_name)
+    except NotFoundError:
+        await js.add_consumer(wire.STREAM, config=cfg)
+        return
+    if ci.config.max_ack_pending != cfg.max_ack_pending:
+        ci.config.max_ack_pending = cfg.max_ack_pending
+        await js.add_consumer(wire.STREAM, config=ci.config)
 
 
 async def ensure_bucket(js):

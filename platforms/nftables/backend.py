@@ -85,7 +85,7 @@ class NftablesBackend(Backend):
         old, sock = self._ruleset, self._socket()
         state = readback.table_state(sock)
         new = build(plan)
-        if (old is None or new.dhcp != old.dhcp or not state.present or state.shape_problems
+        if (old is None or (new.dhcp, new.dhcp_servers) != (old.dhcp, old.dhcp_servers) or not state.present or state.shape_problems
                 or state.owner not in (None, sock.portid)):
             return self.apply(plan)
         msgs = self._element_diff_msgs(old, new, state.gen)
@@ -136,7 +136,7 @@ class NftablesBackend(Backend):
         hooks = [("NEWCHAIN", w.NLM_F_CREATE, w.chain_body(c)) for c in ("input", "output", "forward")]
         hooks += self._rule_msgs(rs, "a")
         for dev in list_devices(self.netns):
-            hooks += netdev.device_msgs(dev, rs.dhcp, "a")
+            hooks += netdev.device_msgs(dev, rs.dhcp, "a", rs.dhcp_servers)
         try:
             sock.batch(hooks)
         except BackendError:
@@ -170,7 +170,7 @@ class NftablesBackend(Backend):
         swap += self._rule_msgs(rs, new)
         swap += [("DELSET", 0, w.set_name_body(n, old)) for n in SET_FIELDS]
         if netdev_in_force:
-            swap += netdev.swap_msgs(sock, list_devices(self.netns), rs.dhcp, new, old)
+            swap += netdev.swap_msgs(sock, list_devices(self.netns), rs.dhcp, new, old, rs.dhcp_servers)
         else:
             swap += netdev.table_msgs(self._flags(), list_devices(self.netns), rs, False, new, elements)
         try:
@@ -206,14 +206,15 @@ class NftablesBackend(Backend):
                     if set_name(name, gen) in state.sets}
         seen = readback.dumped_rules(sock, gen)
         dhcp = readback.has_dhcp(seen)
-        problems = list(state.shape_problems) + readback.rule_problems(seen, chain_rules(dhcp))
+        servers = readback.dhcp_servers(seen) if dhcp else ()
+        problems = list(state.shape_problems) + readback.rule_problems(seen, chain_rules(dhcp, servers))
         if state.flags & 1:
             problems.append(f"table inet {TABLE} is dormant (unhooked)")
         if state.flags & w.TABLE_F_PERSIST != self._flags() & w.TABLE_F_PERSIST:
             problems.append(f"table inet {TABLE} flags {w.flag_names(state.flags)} differ from "
                             f"{w.flag_names(self._flags())}")
         below, below_problems = netdev.read_back(sock, self._flags(), list_devices(self.netns), dhcp, gen,
-                                                 {n: elements.get(n, ()) for n in SET_FIELDS})
+                                                 {n: elements.get(n, ()) for n in SET_FIELDS}, servers)
         problems += below_problems
         rules = {c: len(r) for c, r in seen.items()}
         details = {
@@ -233,11 +234,13 @@ class NftablesBackend(Backend):
         if problems:
             return ReadBack(True, None, details)
         details["dhcp"] = dhcp
+        details["dhcp_servers"] = list(servers)
         plan = self._plan
-        if plan is not None and plan.dhcp == dhcp and build(plan).elements == elements:
+        if plan is not None and (plan.dhcp, plan.dhcp_servers) == (dhcp, servers) \
+                and build(plan).elements == elements:
             digest = plan.digest()  # exactly what this plan compiles to, after normalising
         else:
-            digest = atoms_digest(dhcp, atoms_from_elements(elements))
+            digest = atoms_digest(dhcp, atoms_from_elements(elements), servers)
         return ReadBack(True, digest, details)
 
     def close(self) -> None:

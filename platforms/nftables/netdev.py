@@ -9,10 +9,11 @@ header against copies of the inet sets, and leaves the stateful decision to the 
 table; a frame that bypasses the inet table (raw socket, macvlan, bridge) reaches at
 most an allowed peer on an allowed port:
   egress:  IPv4 to an allowed peer (destination port in out_*, source port in in_*);
-           ARP; DHCP client->server broadcasts.
+           ARP; DHCP requests to the broadcast address or a leased server.
   ingress: IPv4 from an allowed peer (source port in out_*, destination port in in_*);
            ICMP errors (the inet layer passes only those related to allowed flows);
-           ARP; DHCP server->client replies.
+           ARP; DHCP replies to the broadcast address or from a leased server.
+DHCP packets must also be shaped like BOOTP (UDP length, op, magic cookie).
 Everything else (IPv6, raw frames, other ethertypes) is dropped; the inet table drops
 all IPv6 but loopback anyway, so no neighbour discovery is needed.
 
@@ -20,8 +21,10 @@ The table has the inet table's flags (owner|persist) and is written in the same 
 """
 from __future__ import annotations
 
+import socket
 import struct
 
+from platforms.plan import DHCP_BROADCAST
 from platforms.nftables import wire as w
 from platforms.nftables.exprs import (Cmp, Immediate, Lookup, Meta, Payload,
                                       Undecodable, decode_list, encode_list)
@@ -82,8 +85,29 @@ _ACCEPT = Immediate(0, w.NF_ACCEPT)
 _SPORT, _DPORT, _SADDR, _DADDR = 0, 2, 12, 16
 
 
-def chain_rules(dhcp: bool, gen: str) -> dict[str, list[tuple[str, list, str]]]:
-    """{"ingress"|"egress": [(tag, expressions, nft text)]}, the same for every device."""
+def _dhcp_rules(kind: str, servers) -> list[tuple[str, list, str]]:
+    """DHCP only as DHCP, shaped (size, op, cookie): requests (egress, client 68 -> server
+    67) to the broadcast address or a leased server; replies (ingress, 67 -> 68) to the
+    broadcast address (never routed, so from the link) or from a leased server."""
+    size = f"udp length {DHCP_MIN_UDP}-{DHCP_MAX_UDP}"
+    if kind == "request":
+        udp, shape = _udp(68, 67) + _dhcp_shape(1), f"udp sport 68 udp dport 67 {size} @th,64,8 1"
+        peer, peer_text, name = _DADDR, "ip daddr", "cordon/nd-dhcp-request"
+    else:
+        udp, shape = _udp(67, 68) + _dhcp_shape(2), f"udp sport 67 udp dport 68 {size} @th,64,8 2"
+        peer, peer_text, name = _SADDR, "ip saddr", "cordon/nd-dhcp-reply"
+    shape += f" @th,1952,32 0x{BOOTP_COOKIE.hex()}"
+
+    def rule(tag, off, text, addr):
+        return (tag, _ipv4() + [Payload(REG_1, BASE_NETWORK, off, 4), _eq(REG_1, socket.inet_aton(addr))] + udp,
+                f"meta protocol ip {text} {addr} {shape}")
+    out = [rule(name if kind == "request" else f"{name}-broadcast", _DADDR, "ip daddr", DHCP_BROADCAST)]
+    return out + [rule(f"{name}-server-{n}", peer, peer_text, addr) for n, addr in enumerate(servers, start=1)]
+
+
+def chain_rules(dhcp: bool, gen: str, servers: tuple[str, ...] = ()) -> dict[str, list[tuple[str, list, str]]]:
+    """{"ingress"|"egress": [(tag, expressions, nft text)]}, the same for every device;
+    `servers`: the plan's leased DHCP servers."""
     g = gen
     egress = [
         ("cordon/nd-out-original-l4", _ipv4() + _lookup(_DADDR, _DPORT, "out_l4", g),
@@ -113,14 +137,8 @@ def chain_rules(dhcp: bool, gen: str) -> dict[str, list[tuple[str, list, str]]]:
         chain += [(f"cordon/nd-arp-{op}", _arp(op),
                    f"meta protocol arp @nh,0,64 0x{ARP_SHAPE[op].hex()}") for op in ARP_SHAPE]
     if dhcp:
-        size = f"udp length {DHCP_MIN_UDP}-{DHCP_MAX_UDP}"
-        egress.append(("cordon/nd-dhcp-request", _ipv4() + [
-            Payload(REG_1, BASE_NETWORK, _DADDR, 4), _eq(REG_1, b"\xff" * 4)] + _udp(68, 67)
-            + _dhcp_shape(1), f"meta protocol ip ip daddr 255.255.255.255 udp sport 68 udp dport 67 "
-                              f"{size} @th,64,8 1 @th,1952,32 0x{BOOTP_COOKIE.hex()}"))
-        ingress.append(("cordon/nd-dhcp-reply", _ipv4() + _udp(67, 68) + _dhcp_shape(2),
-                        f"meta protocol ip udp sport 67 udp dport 68 {size} @th,64,8 2 "
-                        f"@th,1952,32 0x{BOOTP_COOKIE.hex()}"))
+        egress += _dhcp_rules("request", servers)
+        ingress += _dhcp_rules("reply", servers)
     return {"ingress": [(t, e + [_ACCEPT], x + f' accept comment "{t}"') for t, e, x in ingress],
             "egress": [(t, e + [_ACCEPT], x + f' accept comment "{t}"') for t, e, x in egress]}
 
@@ -143,10 +161,10 @@ def _rule_body(chain: str, tag: str, exprs) -> bytes:
             + w.nest(w.NFTA_RULE_EXPRESSIONS, encode_list(exprs)) + w.attr(w.NFTA_RULE_USERDATA, userdata(tag)))
 
 
-def device_msgs(device: str, dhcp: bool, gen: str) -> list[tuple]:
+def device_msgs(device: str, dhcp: bool, gen: str, servers: tuple[str, ...] = ()) -> list[tuple]:
     """The two chains of one device with their rules (for a new device, or a rebuild)."""
     out = []
-    for hook, rules in chain_rules(dhcp, gen).items():
+    for hook, rules in chain_rules(dhcp, gen, servers).items():
         out.append(("NEWCHAIN", w.NLM_F_CREATE, _chain_body(hook, device), NFPROTO_NETDEV))
         out += [("NEWRULE", w.NLM_F_CREATE | w.NLM_F_APPEND, _rule_body(chain_name(hook, device), t, e),
                  NFPROTO_NETDEV) for t, e, _ in rules]
@@ -172,11 +190,11 @@ def table_msgs(flags: int, devices, rs, present: bool, gen: str = "a", element_m
     out = [("DELTABLE", 0, w.table_body(), NFPROTO_NETDEV)] if present else []
     out += sets_msgs(flags, rs, gen, element_msgs)
     for dev in devices:
-        out += device_msgs(dev, rs.dhcp, gen)
+        out += device_msgs(dev, rs.dhcp, gen, rs.dhcp_servers)
     return out
 
 
-def swap_msgs(sock, devices, dhcp: bool, new: str, old: str) -> list[tuple]:
+def swap_msgs(sock, devices, dhcp: bool, new: str, old: str, servers: tuple[str, ...] = ()) -> list[tuple]:
     """The swapping batch's part for a netdev table already in force whose sets of
     generation `new` are loaded: each device chain's rules are replaced by rules using
     them (chains stay hooked, so no packet meets an empty set), missing device chains
@@ -185,9 +203,9 @@ def swap_msgs(sock, devices, dhcp: bool, new: str, old: str) -> list[tuple]:
     out = []
     for dev in devices:
         if not all(chain_name(h, dev) in existing for h in ("ingress", "egress")):
-            out += device_msgs(dev, dhcp, new)
+            out += device_msgs(dev, dhcp, new, servers)
             continue
-        for hook, rules in chain_rules(dhcp, new).items():
+        for hook, rules in chain_rules(dhcp, new, servers).items():
             name = chain_name(hook, dev)
             out.append(("DELRULE", 0, w.chain_ref_body(name), NFPROTO_NETDEV))
             out += [("NEWRULE", w.NLM_F_CREATE | w.NLM_F_APPEND, _rule_body(name, t, e), NFPROTO_NETDEV)
@@ -213,7 +231,7 @@ def render_text(rs, devices, gen: str = "a") -> str:
                 _element_text(el) + (f" timeout {timeouts[el]}ms" if el in timeouts else "") for el in items) + " }")
         lines.append("\t}")
     for dev in devices:
-        for hook, rules in chain_rules(rs.dhcp, gen).items():
+        for hook, rules in chain_rules(rs.dhcp, gen, rs.dhcp_servers).items():
             lines += [f"\tchain {chain_name(hook, dev)} {{",
                       f'\t\ttype filter hook {hook} device "{dev}" priority filter; policy drop;']
             lines += [f"\t\t{text}" for _, _, text in rules]
@@ -225,7 +243,7 @@ def render_text(rs, devices, gen: str = "a") -> str:
 # --- read-back -----------------------------------------------------------------------
 
 def read_back(sock, flags_wanted: int, devices, dhcp: bool, gen: str,
-              elements: dict | None = None) -> tuple[dict, list[str]]:
+              elements: dict | None = None, servers: tuple[str, ...] = ()) -> tuple[dict, list[str]]:
     """What table netdev cordon holds against what it must hold: flags (a dormant table
     is unhooked), one ingress and one egress chain per device with hook, priority,
     policy and device, every rule by tag and value, and every set's elements against
@@ -242,7 +260,7 @@ def read_back(sock, flags_wanted: int, devices, dhcp: bool, gen: str,
                         f"{w.flag_names(flags_wanted)}")
     chains = {name: hook_policy(a, hook) + (w.cstr(hook[NFTA_HOOK_DEV]) if NFTA_HOOK_DEV in hook else None,)
               for name, a, hook in table_chains(sock, NFPROTO_NETDEV)}
-    want_rules = chain_rules(dhcp, gen)
+    want_rules = chain_rules(dhcp, gen, servers)
     expected = {chain_name(h, d): (HOOK_INGRESS if h == "ingress" else HOOK_EGRESS, 0, w.NF_DROP, d)
                 for d in devices for h in want_rules}
     for name in sorted(set(expected) | set(chains)):

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from platforms.nftables import wire as w
 from platforms.nftables.exprs import Undecodable, decode_list
 from platforms.nftables.netlink import NftSocket
-from platforms.nftables.shape import GENERATIONS, SET_FIELDS, TABLE, set_name
-from platforms.nftables.vocabulary import TAG_PREFIX, Rule, decode_rule, tag_of
+from platforms.nftables.shape import DHCP_BROADCAST_TAG, DHCP_SERVER_TAG, GENERATIONS, SET_FIELDS, TABLE, set_name
+from platforms.nftables.vocabulary import TAG_PREFIX, IpAddr, Rule, decode_rule, tag_of
 
 
 def table_chains(sock: NftSocket, family: int = w.NFPROTO_INET):
@@ -115,7 +115,18 @@ def decode_seen(exprs: bytes, udata: bytes | None, gen: str) -> SeenRule:
 
 
 def has_dhcp(seen: dict[str, list[SeenRule]]) -> bool:
-    return any(r.tag == "cordon/dhcp" for rules in seen.values() for r in rules)
+    return any(r.tag == DHCP_BROADCAST_TAG for rules in seen.values() for r in rules)
+
+
+def dhcp_servers(seen: dict[str, list[SeenRule]]) -> tuple[str, ...]:
+    """The DHCP servers the output chain's rules let the host send to, in rule order (the
+    order Cordon installs: sorted). The input chain must then hold the same servers'
+    rules; rule_problems against chain_rules(dhcp, these) says whether it does."""
+    out = []
+    for r in seen.get("output", []):
+        if r.rule is not None and r.tag.startswith(DHCP_SERVER_TAG):
+            out += [m.address for m in r.rule.matches if isinstance(m, IpAddr)]
+    return tuple(out)
 
 
 def rule_problems(seen: dict[str, list[SeenRule]], expected: dict[str, tuple[Rule, ...]]) -> list[str]:

@@ -26,10 +26,10 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-from platforms.plan import DHCP_CLIENT_PORT, DHCP_SERVER_PORT, Plan
+from platforms.plan import DHCP_BROADCAST, DHCP_CLIENT_PORT, DHCP_SERVER_PORT, Plan
 from platforms.nftables.boxes import disjoint, disjoint_timed
-from platforms.nftables.shape import CHAIN_HOOKS, PROTO_NAME, PROTO_NUM, SET_FIELDS, TABLE, set_name
-from platforms.nftables.vocabulary import (CtDirection, CtRelated, Family, Interface, Key, L4Proto,
+from platforms.nftables.shape import DHCP_BROADCAST_TAG, DHCP_SERVER_TAG, CHAIN_HOOKS, PROTO_NAME, PROTO_NUM, SET_FIELDS, TABLE, set_name
+from platforms.nftables.vocabulary import (CtDirection, CtRelated, Family, Interface, IpAddr, Key, L4Proto,
                                            Rule, SetLookup, UdpPorts)
 
 # A set element: one inclusive (first, last) range per field of the set's key.
@@ -43,9 +43,10 @@ class Ruleset:
     # set name -> {element: when it stops (seconds since the epoch)}; elements not in it
     # never expire. Installed as kernel element timeouts (DESIGN §11).
     expires: dict = field(default_factory=dict)
+    dhcp_servers: tuple[str, ...] = ()  # the plan's leased DHCP servers (rules, not set elements)
 
     def chains(self) -> dict[str, tuple[Rule, ...]]:
-        return chain_rules(self.dhcp)
+        return chain_rules(self.dhcp, self.dhcp_servers)
 
     def timeouts_ms(self, name: str, now: float | None = None) -> dict:
         """The kernel timeout of each expiring element of set `name`, from `now`; at
@@ -83,7 +84,8 @@ def build(plan: Plan) -> Ruleset:
             elements[name].append(el)
             if ends is not None:
                 expires.setdefault(name, {})[el] = ends
-    return Ruleset(plan.dhcp, {name: tuple(sorted(items)) for name, items in elements.items()}, expires)
+    return Ruleset(plan.dhcp, {name: tuple(sorted(items)) for name, items in elements.items()}, expires,
+                   plan.dhcp_servers)
 
 
 def _net_range(network: str) -> tuple[int, int]:
@@ -95,20 +97,36 @@ def _net_range(network: str) -> tuple[int, int]:
     return first, first + size - 1
 
 
-def chain_rules(dhcp: bool) -> dict[str, tuple[Rule, ...]]:
+def chain_rules(dhcp: bool, dhcp_servers: tuple[str, ...] = ()) -> dict[str, tuple[Rule, ...]]:
     return {
-        "input": _host_chain("iif", dhcp, (Key.IP_SADDR, "in"), (Key.CT_ORIG_DADDR, "out"),
-                             (DHCP_SERVER_PORT, DHCP_CLIENT_PORT)),
-        "output": _host_chain("oif", dhcp, (Key.IP_DADDR, "out"), (Key.CT_ORIG_SADDR, "in"),
-                              (DHCP_CLIENT_PORT, DHCP_SERVER_PORT)),
+        "input": _host_chain("iif", dhcp_rules("input", dhcp, dhcp_servers), (Key.IP_SADDR, "in"),
+                             (Key.CT_ORIG_DADDR, "out")),
+        "output": _host_chain("oif", dhcp_rules("output", dhcp, dhcp_servers), (Key.IP_DADDR, "out"),
+                              (Key.CT_ORIG_SADDR, "in")),
         "forward": (),
     }
+
+
+def dhcp_rules(chain: str, dhcp: bool, servers: tuple[str, ...]) -> list[Rule]:
+    """DHCP only as DHCP (Plan): output, client 68 -> server 67 to the broadcast address or
+    a leased server; input, server 67 -> client 68 to the broadcast address (a limited
+    broadcast is never routed: it comes from the link) or from a leased server. The
+    netdev layer below checks the BOOTP shape and size of the same packets on the wire."""
+    if not dhcp:
+        return []
+    if chain == "output":
+        ports, peer = UdpPorts(DHCP_CLIENT_PORT, DHCP_SERVER_PORT), Key.IP_DADDR
+    else:
+        ports, peer = UdpPorts(DHCP_SERVER_PORT, DHCP_CLIENT_PORT), Key.IP_SADDR
+    rules = [Rule(DHCP_BROADCAST_TAG, (ports, IpAddr(Key.IP_DADDR, DHCP_BROADCAST)), "accept")]
+    return rules + [Rule(f"{DHCP_SERVER_TAG}{n}", (ports, IpAddr(peer, s)), "accept")
+                    for n, s in enumerate(servers, start=1)]
 
 
 ORIGINAL, REPLY = CtDirection(0), CtDirection(1)
 
 
-def _host_chain(lo_key, dhcp, orig, reply, dhcp_ports) -> tuple[Rule, ...]:
+def _host_chain(lo_key, dhcp, orig, reply) -> tuple[Rule, ...]:
     orig_addr, orig_dir = orig
     reply_addr, reply_dir = reply
     l4_reply = (reply_addr, Key.CT_ORIG_PROTO, Key.CT_ORIG_PROTO_DST)
@@ -124,8 +142,7 @@ def _host_chain(lo_key, dhcp, orig, reply, dhcp_ports) -> tuple[Rule, ...]:
                           (REPLY, L4Proto(proto), SetLookup(l4_reply, f"{reply_dir}_l4")), "accept"))
     rules += [Rule("cordon/loopback", (Interface(lo_key, 1),), "accept"),  # lo is ifindex 1 in every netns
               Rule("cordon/ipv6-drop", (Family(10),), "drop")]  # all other IPv6
-    if dhcp:
-        rules.append(Rule("cordon/dhcp", (UdpPorts(*dhcp_ports),), "accept"))
+    rules += dhcp
     rules += [
         Rule("cordon/original-l3", (ORIGINAL, SetLookup((orig_addr, Key.L4PROTO), f"{orig_dir}_l3")),
              "accept"),

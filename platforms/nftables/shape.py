@@ -1,5 +1,6 @@
 """The fixed shape of Cordon's nftables table: its name, its sets and their key fields,
-the chains and their hooks. Only set elements and the DHCP rules change with a plan."""
+the chains and their hooks. Only set elements and the DHCP rules (their servers) change
+with a plan."""
 from __future__ import annotations
 
 TABLE = "cordon"
@@ -16,5 +17,8 @@ GENERATIONS = ("a", "b")
 def set_name(base: str, gen: str) -> str:
     return f"{base}_{gen}"
 
+
+# The DHCP rules (inet): one to the broadcast address, one per leased server (numbered).
+DHCP_BROADCAST_TAG, DHCP_SERVER_TAG = "cordon/dhcp-broadcast", "cordon/dhcp-server-"
 
 CHAIN_HOOKS = {"input": "input", "output": "output", "forward": "forward"}

@@ -7,6 +7,7 @@ the same user-data bytes in text and in netlink, so a read-back names the rule.
 from __future__ import annotations
 
 import enum
+import socket
 import struct
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -145,6 +146,27 @@ class UdpPorts(Match):
 
 
 @dataclass(frozen=True)
+class IpAddr(Match):
+    """ip saddr A / ip daddr A: one IPv4 address (the DHCP server or the broadcast)."""
+    key: Key  # Key.IP_SADDR or Key.IP_DADDR
+    address: str
+
+    def text(self, gen: str) -> str:
+        return f"{self.key.value} {self.address}"
+
+    def exprs(self, gen: str) -> list[Expr]:
+        return key_exprs(self.key, REG_1, True) + [_eq(socket.inet_aton(self.address))]
+
+    @classmethod
+    def take(cls, ex, i, gen):
+        for key in _IP_OFFSET:
+            head = key_exprs(key, REG_1, True)
+            if ex[i:i + len(head)] == head and _is_eq(ex, i + len(head), 4):
+                return cls(key, socket.inet_ntoa(ex[i + len(head)].data)), i + len(head) + 1
+        return None
+
+
+@dataclass(frozen=True)
 class CtDirection(Match):
     """ct direction original (0) / reply (1)."""
     direction: int
@@ -225,8 +247,9 @@ def _normal(exprs) -> list:
             for e in exprs]
 
 
-# Tried in this order: a lookup's keys and DHCP's ports start like simpler matches.
-MATCHES = (SetLookup, UdpPorts, Interface, Family, L4Proto, CtDirection, CtRelated)
+# Tried in this order: a lookup's keys, DHCP's ports and an address start like simpler
+# matches (a lookup keyed by ip saddr starts like IpAddr, but IpAddr needs a cmp next).
+MATCHES = (SetLookup, UdpPorts, IpAddr, Interface, Family, L4Proto, CtDirection, CtRelated)
 VERDICTS = {"accept": w.NF_ACCEPT, "drop": w.NF_DROP}
 
 

@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from platforms.plan import DHCP_CLIENT_PORT, DHCP_SERVER_PORT, Plan
+from platforms.plan import Plan
 from platforms.durable import remove_durable, write_atomic
 from platforms.base import Backend, BackendError, BackendUnavailable, Capabilities, ReadBack, Support
 from platforms.pf import render as pf_render
@@ -110,7 +110,7 @@ def state_allowed(s: State, plan: Plan) -> bool:
         return True
     if remote.version != 4:
         return False
-    if plan.dhcp and s.proto == "udp" and (s.local_port, s.remote_port) == (DHCP_CLIENT_PORT, DHCP_SERVER_PORT):
+    if s.proto == "udp" and plan.dhcp_sends_to(s.local_port, str(remote), s.remote_port):
         return True
     return plan.allows(s.proto, remote, s.local_port, s.remote_port, s.direction)
 
@@ -256,7 +256,8 @@ class PfBackend(Backend):
             problems.append(why)
         problems += [f"anchor {n} holds rules and is evaluated before {self.anchor}" for n in first]
         details.update(rules=len(listing.strip().splitlines()), tables=len(tables), atoms=len(res.atoms),
-                       dhcp=res.dhcp, anchor_point=point_ok, evaluated_first=first, problems=problems,
+                       dhcp=res.dhcp, dhcp_servers=list(res.dhcp_servers), anchor_point=point_ok,
+                       evaluated_first=first, problems=problems,
                        token_registered=bool(token) and self._token_registered(token))
         digest = res.digest() if enabled and point_ok and not first else None
         return ReadBack(present=True, digest=digest, details=details)

@@ -14,7 +14,8 @@ import socket
 from dataclasses import dataclass, field
 from itertools import groupby
 
-from platforms.plan import DHCP_CLIENT_PORT, DHCP_SERVER_PORT, Flow, Plan, PortRange, atoms_digest
+from platforms.plan import (DHCP_BROADCAST, DHCP_CLIENT_PORT, DHCP_SERVER_PORT, Flow, Plan, PortRange,
+                            atoms_digest, dhcp_servers_sorted)
 
 # macOS's /etc/pf.conf evaluates `anchor "com.apple/*"`: the children of com.apple, one after
 # the other in strcmp order of their names (pf keeps them in a red-black tree ordered by path;
@@ -28,10 +29,6 @@ _PROTO_ORDER = {"tcp": 0, "udp": 1, "icmp": 2, "any": 3}
 _DIR_ORDER = {"out": 0, "in": 1}
 
 LOOPBACK_RULE = "pass quick on lo0 all no state"
-DHCP_RULES = (
-    f"pass out quick inet proto udp from any port {DHCP_CLIENT_PORT} to any port {DHCP_SERVER_PORT} keep state",
-    f"pass in quick inet proto udp from any port {DHCP_SERVER_PORT} to any port {DHCP_CLIENT_PORT} keep state",
-)
 BLOCK_RULE = "block drop quick all"
 
 
@@ -74,12 +71,25 @@ def render(plan: Plan | None) -> str:
     out += [f"table <{g.table}> const {{ {', '.join(g.networks)} }}" for g in groups]
     out.append(LOOPBACK_RULE)
     if plan.dhcp:
-        out += DHCP_RULES
+        out.append("# DHCP: to the broadcast address or a leased server; pf cannot check the BOOTP shape or size")
+        out += dhcp_rules(plan.dhcp_servers)
     for g in groups:
         out.append(f"# {'; '.join(g.names)}")
         out.append(rule_for(g))
     out.append(BLOCK_RULE)
     return "\n".join(out) + "\n"
+
+
+def dhcp_rules(servers) -> list[str]:
+    """DHCP only as DHCP (Plan): requests to the broadcast address or a leased server,
+    replies to the broadcast address (never routed: from the link) or from a leased
+    server. pf cannot look at the payload, so the BOOTP shape and size go unchecked."""
+    c, s = DHCP_CLIENT_PORT, DHCP_SERVER_PORT
+    out = [f"pass out quick inet proto udp from any port {c} to {DHCP_BROADCAST} port {s} keep state"]
+    out += [f"pass out quick inet proto udp from any port {c} to {a} port {s} keep state" for a in servers]
+    out.append(f"pass in quick inet proto udp from any port {s} to {DHCP_BROADCAST} port {c} keep state")
+    out += [f"pass in quick inet proto udp from {a} port {s} to any port {c} keep state" for a in servers]
+    return out
 
 
 def rule_for(g: Group) -> str:
@@ -129,6 +139,7 @@ _RULE = re.compile(
 class ReadResult:
     atoms: set = field(default_factory=set)
     dhcp: bool = False
+    dhcp_servers: tuple = ()
     loopback: bool = False
     block_last: bool = False
     problems: list[str] = field(default_factory=list)
@@ -138,7 +149,7 @@ class ReadResult:
         return self.loopback and self.block_last and not self.problems
 
     def digest(self) -> str | None:
-        return atoms_digest(self.dhcp, self.atoms) if self.complete else None
+        return atoms_digest(self.dhcp, self.atoms, self.dhcp_servers) if self.complete else None
 
 
 def read_rules(listing: str, tables: dict[str, list[str]]) -> ReadResult:
@@ -146,7 +157,7 @@ def read_rules(listing: str, tables: dict[str, list[str]]) -> ReadResult:
     render is a problem (the digest is then None: not what we installed)."""
     res = ReadResult()
     lines = [ln.strip() for ln in listing.splitlines() if ln.strip()]
-    dhcp_seen = set()
+    dhcp_seen: dict[tuple[str, str], int] = {}  # (direction, broadcast | server address) -> count
     for i, line in enumerate(lines):
         if line == LOOPBACK_RULE:
             res.loopback = True
@@ -154,21 +165,43 @@ def read_rules(listing: str, tables: dict[str, list[str]]) -> ReadResult:
             res.block_last = i == len(lines) - 1
             if not res.block_last:
                 res.problems.append(f"rule after the final block: {lines[i + 1]!r}")
-        elif _dhcp_direction(line):
-            dhcp_seen.add(_dhcp_direction(line))
+        elif _dhcp_rule(line):
+            key = _dhcp_rule(line)
+            dhcp_seen[key] = dhcp_seen.get(key, 0) + 1
         else:
             _read_pass(line, tables, res)
-    res.dhcp = dhcp_seen == {"in", "out"}
-    if dhcp_seen and not res.dhcp:
-        res.problems.append("only half of the DHCP rules present")
+    _read_dhcp(dhcp_seen, res)
     return res
 
 
-def _dhcp_direction(line: str) -> str | None:
-    """'out'/'in' when `line` is one of the two DHCP rules as pfctl prints them."""
+def _read_dhcp(seen: dict, res: ReadResult) -> None:
+    """DHCP is on when both broadcast rules are there; its servers are those with a rule in
+    each direction. Anything else (half a pair, a rule twice) is a problem."""
+    res.dhcp = ("out", DHCP_BROADCAST) in seen and ("in", DHCP_BROADCAST) in seen
+    peers = {peer for _, peer in seen}
+    res.dhcp_servers = dhcp_servers_sorted(peers - {DHCP_BROADCAST})
+    for peer in sorted(peers):
+        if ("out", peer) not in seen or ("in", peer) not in seen:
+            res.problems.append(f"only half of the DHCP rules for {peer} present")
+    if any(n > 1 for n in seen.values()):
+        res.problems.append("a DHCP rule is there twice")
+    if res.dhcp_servers and not res.dhcp:
+        res.problems.append("DHCP server rules without the broadcast rules")
+
+
+def _dhcp_rule(line: str) -> tuple[str, str] | None:
+    """(direction, peer) when `line` is one of the DHCP rules as pfctl prints them: peer
+    is the broadcast address or a server's address."""
     m = _RULE.match(line)
-    if not (m and m["proto"] == "udp" and m["src"] == m["dst"] == "any" and m["sport"] and m["dport"]
-            and m["state"] == " keep state"):
+    if not (m and m["proto"] == "udp" and m["sport"] and m["dport"] and m["state"] == " keep state"):
+        return None
+    if m["dir"] == "out" and m["src"] == "any" and _unicast_or_broadcast(m["dst"]):
+        peer = m["dst"]
+    elif m["dir"] == "in" and m["src"] == "any" and m["dst"] == DHCP_BROADCAST:
+        peer = DHCP_BROADCAST
+    elif m["dir"] == "in" and m["dst"] == "any" and _unicast_or_broadcast(m["src"]) and m["src"] != DHCP_BROADCAST:
+        peer = m["src"]
+    else:
         return None
     try:
         ports = (_range(m["sport"], "udp"), _range(m["dport"], "udp"))
@@ -176,10 +209,17 @@ def _dhcp_direction(line: str) -> str | None:
         return None
     client, server = (DHCP_CLIENT_PORT,) * 2, (DHCP_SERVER_PORT,) * 2
     if m["dir"] == "out" and ports == (client, server):
-        return "out"
+        return "out", peer
     if m["dir"] == "in" and ports == (server, client):
-        return "in"
+        return "in", peer
     return None
+
+
+def _unicast_or_broadcast(text: str) -> bool:
+    try:
+        return str(ipaddress.IPv4Address(text)) == text
+    except ValueError:
+        return False
 
 
 def _read_pass(line: str, tables: dict[str, list[str]], res: ReadResult) -> None:

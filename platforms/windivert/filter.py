@@ -29,7 +29,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from platforms.plan import DHCP_CLIENT_PORT, DHCP_SERVER_PORT, Flow, Plan, PortRange
+from platforms.plan import DHCP_BROADCAST, DHCP_CLIENT_PORT, DHCP_SERVER_PORT, Flow, Plan, PortRange
 
 MAX_OBJECTS = 256          # WINDIVERT_FILTER_MAXLEN on Windows
 OBJECT_BUDGET = 200        # keep a margin below the hard limit
@@ -134,9 +134,26 @@ def _flow_terms(flow: Flow, udp_to_guard: bool) -> tuple[list[str], list[str]]:
     return out_t, in_t
 
 
-def _dhcp_terms() -> tuple[list[str], list[str]]:
-    return ([f"(udp and udp.SrcPort == {DHCP_CLIENT_PORT} and udp.DstPort == {DHCP_SERVER_PORT})"],
-            [f"(udp and udp.SrcPort == {DHCP_SERVER_PORT} and udp.DstPort == {DHCP_CLIENT_PORT})"])
+BOOTP_COOKIE = 0x63825363        # the DHCP magic cookie, at UDP payload offset 236 (Payload32[59])
+DHCP_PAYLOAD = (240, 1472)       # BOOTP fixed part + cookie .. one 1500-byte MTU less IPv4/UDP headers
+
+
+def _bootp(op: int) -> str:
+    """Sized and shaped like DHCP: payload length, BOOTP op (1 request, 2 reply), the cookie."""
+    lo, hi = DHCP_PAYLOAD
+    return (f"udp.PayloadLength >= {lo} and udp.PayloadLength <= {hi} and udp.Payload[0] == {op}"
+            f" and udp.Payload32[59] == {BOOTP_COOKIE:#010x}")
+
+
+def _dhcp_terms(servers: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """DHCP only as DHCP (Plan): requests to the broadcast address or a leased server;
+    replies to the broadcast address (never routed: from the link) or from a leased server."""
+    to = _any([f"ip.DstAddr == {a}" for a in (DHCP_BROADCAST, *servers)])
+    came = _any([f"ip.DstAddr == {DHCP_BROADCAST}", *(f"ip.SrcAddr == {a}" for a in servers)])
+    return ([_all("udp", f"udp.SrcPort == {DHCP_CLIENT_PORT}", f"udp.DstPort == {DHCP_SERVER_PORT}", to,
+                  _bootp(1))],
+            [_all("udp", f"udp.SrcPort == {DHCP_SERVER_PORT}", f"udp.DstPort == {DHCP_CLIENT_PORT}", came,
+                  _bootp(2))])
 
 
 def _by_direction(out_t: list[str], in_t: list[str]) -> str:
@@ -158,7 +175,7 @@ def base_allowed(plan: Plan) -> str:
     out_t: list[str] = []
     in_t: list[str] = []
     if plan.dhcp:
-        o, i = _dhcp_terms()
+        o, i = _dhcp_terms(plan.dhcp_servers)
         out_t += o
         in_t += i
     for flow in sorted(f for f in plan.flows if f.origin != "exception"):

@@ -59,7 +59,9 @@ def to_toml(doc: dict) -> str:
 
 def default_config(lab, state_dir: str, control_socket: str, sensor_type: str = "endpoint_sensor",
                    backend: str = "auto", vendor_port: int = 443, dns: bool = True,
-                   dhcp: bool = True, max_per_direction: int = 50) -> dict:
+                   dhcp: bool = True, max_per_direction: int = 50, lease_file: str | None = None) -> dict:
+    """`lease_file`: the only DHCP lease file the agent reads (so a lab agent never learns
+    the machine's own DHCP server); absent from the config when None."""
     return {
         "sensor_type": sensor_type, "backend": backend,
         "state_dir": state_dir, "control_socket": control_socket,
@@ -67,6 +69,7 @@ def default_config(lab, state_dir: str, control_socket: str, sensor_type: str = 
             "endpoints": [{"address": lab.addr("vendor", 4), "protocol": "tcp", "ports": str(vendor_port)}],
             "dns_servers": [lab.addr("dns", 4)] if dns else [],
             "dhcp": dhcp,
+            **({"dhcp_lease_files": [lease_file]} if lease_file else {}),
         },
         "exceptions": {"max_per_direction": max_per_direction},
     }
@@ -111,8 +114,10 @@ class Agent(AgentCommands):
         self.lab, self.host = lab, host
         self.dir = tempfile.mkdtemp(prefix="agent-", dir=lab.rundir or None)
         state_dir, sock = os.path.join(self.dir, "state"), os.path.join(self.dir, "control.sock")
+        # the DHCP lease the agent learns its DHCP server from (a test writes it; none = none)
+        self.lease_path = os.path.join(self.dir, "dhclient.leases")
         if config is None:
-            config = default_config(lab, state_dir, sock, **config_kw)
+            config = default_config(lab, state_dir, sock, lease_file=self.lease_path, **config_kw)
         self.config = dict({"state_dir": state_dir, "control_socket": sock}, **config)
         self.config_path = os.path.join(self.dir, "agent.toml")
         with open(self.config_path, "w") as f:

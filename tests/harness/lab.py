@@ -160,6 +160,17 @@ class Lab:
             return self.ns("router"), self.addr(host, family)
         return self.ns(host), "127.0.0.1" if family == 4 else "::1"
 
+    def replay_command(self, p) -> str:
+        """A shell command (run from the repository root while the lab is up) that repeats
+        one probe's round trip (tests/harness/__main__.py `probe`)."""
+        argv = [sys.executable, "-m", "tests.harness", "probe", self.ns(p.src),
+                self.addr(p.dst, p.family), p.proto]
+        if p.port:
+            argv.append(str(p.port))
+        if p.sport:
+            argv += ["--sport", str(p.sport)]
+        return shlex.join(argv)
+
     # --- lifecycle -----------------------------------------------------------
     def __enter__(self) -> "Lab":
         self._trap_signals()

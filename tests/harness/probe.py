@@ -142,7 +142,13 @@ async def round_trip(ns: str, addr: str, proto: str, port: int | None, family: i
 
 # --- the verdict: round trip, then what the receiver saw, then is it alive ---------
 
-async def _control(path: str, command: str, timeout: float = 2.0) -> str | None:
+async def _control(path: str, command: str, timeout: float | None = None) -> str | None:
+    """One request to a responder's control socket; None if it does not answer within
+    `timeout` (default 2 s on an idle machine, scaled with the load: a silent answer must
+    come from a dead responder, not a busy machine)."""
+    if timeout is None:
+        from .lab import load_factor
+        timeout = 2.0 * load_factor()
     try:
         async def ask():
             reader, writer = await asyncio.open_unix_connection(path)

@@ -49,12 +49,21 @@ def step_record(step, lab=None, status: dict | None = None, model=None, config: 
             "table": step.comparison.to_json(lab)}
 
 
+def failed_record(title: str, problem: str, seconds: float | None = None) -> dict:
+    """A step that broke before it had a table (an exception, a teardown left-over)."""
+    return {"title": title, "explanation": "", "ok": False, "seconds": seconds, "problems": [problem],
+            "transition": None, "versions": None, "table": None}
+
+
 def report_document(steps: list[dict], title: str = "Cordon lab demo", generated: str = "",
-                    config: dict | None = None, lab: str = "") -> dict:
+                    config: dict | None = None, lab: str = "", figures: dict | None = None) -> dict:
+    """`figures`: named measurements of the run (seconds), shown as a table (the VM tier's
+    boot and reboot times)."""
     return {"kind": "cordon-report", "title": title, "generated": generated, "lab": lab,
             "sensor_type": (config or {}).get("sensor_type"),
             "config": config_fingerprint(config) if config else None,
-            "ok": all(s["ok"] for s in steps) and bool(steps), "steps": steps}
+            "ok": all(s["ok"] for s in steps) and bool(steps), "steps": steps,
+            "figures": dict(figures or {})}
 
 
 def from_tables(tables: list[dict], title: str = "Cordon reachability") -> dict:

@@ -190,6 +190,13 @@ def _step(i: int, s: dict) -> str:
             f' of {len(probes)} probes</p><div class="grids">{grid(probes, 4)}{grid(probes, 6)}</div>{_wrong_list(probes)}</section>')
 
 
+def _figures(figures: dict | None) -> str:
+    if not figures:
+        return ""
+    rows = "".join(f'<tr><td>{e(k)}</td><td class="mono">{e(v)}</td></tr>' for k, v in figures.items())
+    return f'<h2>Timings (s)</h2><table class="timeline figures"><tbody>{rows}</tbody></table>'
+
+
 def render(doc: dict | list) -> str:
     """The whole page. `doc`: a `report.report_document`, or the bare table list of `demo --json`."""
     if isinstance(doc, list):
@@ -220,6 +227,6 @@ def render(doc: dict | list) -> str:
         f'<p>{len(steps)} steps, {n} probes: {n - wrong} correct, '
         f'<span class="{"bad" if wrong else "good"}">{wrong} incorrect</span>'
         f'{" (in: " + e(", ".join(map(str, bad))) + ")" if bad else ""}</p>'
-        f'<p class="legend">{legend}</p><h2>Timeline</h2>{_timeline(steps)}'
+        f'<p class="legend">{legend}</p><h2>Timeline</h2>{_timeline(steps)}{_figures(doc.get("figures"))}'
         + "".join(_step(i, s) for i, s in enumerate(steps))
         + f'<script type="application/json" id="report-data">{data}</script></body></html>\n')

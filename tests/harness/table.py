@@ -4,8 +4,6 @@ after every cell where the observation differs from the expectation."""
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
@@ -27,14 +25,8 @@ class Row:
 
 def replay_command(lab, p: Probe) -> str:
     """A shell command (run from the repository root while the lab is up) that repeats
-    one probe's round trip."""
-    argv = [sys.executable, "-m", "tests.harness", "probe", lab.ns(p.src),
-            lab.addr(p.dst, p.family), p.proto]
-    if p.port:
-        argv.append(str(p.port))
-    if p.sport:
-        argv += ["--sport", str(p.sport)]
-    return shlex.join(argv)
+    one probe's round trip; the lab says how (Lab.replay_command)."""
+    return lab.replay_command(p)
 
 
 def _column_key(col: str):

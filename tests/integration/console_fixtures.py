@@ -3,6 +3,7 @@ nats-server on the vendor host, a console key pair, and agents with [console].""
 from __future__ import annotations
 
 import subprocess
+import time
 
 import pytest
 
@@ -71,3 +72,25 @@ def channel_tuple(lab, agent) -> list[str]:
     out = subprocess.run(["ip", "netns", "exec", lab.ns(agent.host), "ss", "-Htn", "state", "established",
                           "dport", "=", ":4222"], capture_output=True, text=True, check=True).stdout
     return sorted(" -> ".join(line.split()[-2:]) for line in out.splitlines() if line.strip())
+
+
+def wait_audit(agent, event: str, count: int, timeout: float = 60) -> None:
+    """Until the agent's audit log holds `count` events of kind `event`."""
+    from tests.harness.lab import load_factor
+    deadline = time.monotonic() + timeout * load_factor()
+    while len(agent.audit_events(event)) < count:
+        assert time.monotonic() < deadline, f"no {event} x{count} within {timeout}s:\n{agent.stderr_tail()}"
+        time.sleep(0.05)
+
+
+def block_broker(lab, hosts, on: bool) -> None:
+    """In the router (a lab namespace): drop the hosts' packets to the broker port (on),
+    or let them through again (off)."""
+    if not on:
+        lab.run("router", "nft", "delete", "table", "inet", "lab_block")
+        return
+    lab.run("router", "nft", "add", "table", "inet", "lab_block")
+    lab.run("router", "nft", "add", "chain", "inet", "lab_block", "hold", "{ type filter hook forward priority 0; }")
+    for host in hosts:
+        lab.run("router", "nft", "add", "rule", "inet", "lab_block", "hold", "ip", "saddr", lab.addr(host, 4),
+                "tcp", "dport", "4222", "drop")

@@ -14,6 +14,7 @@ class MemoryBackend(Backend):
     def __init__(self, state_dir=None) -> None:
         super().__init__(state_dir)
         self.installed: tuple[bool, frozenset] | None = None  # (dhcp, atoms)
+        self.dhcp_servers: tuple[str, ...] = ()  # of the plan installed
         self.applied: list[Plan | None] = []
         self.fail_next = False
         self.lossy = False  # a broken firewall: apply installs all but one atom
@@ -39,6 +40,7 @@ class MemoryBackend(Backend):
             raise BackendError("injected failure")
         atoms = plan.atoms()
         self.installed = (plan.dhcp, frozenset(sorted(atoms)[1:]) if self.lossy else atoms)
+        self.dhcp_servers = plan.dhcp_servers
         self.applied.append(plan)
 
     def clear(self) -> None:
@@ -48,4 +50,4 @@ class MemoryBackend(Backend):
     def read_back(self) -> ReadBack:
         if self.installed is None:
             return ReadBack(present=False)
-        return ReadBack(present=True, digest=atoms_digest(*self.installed))
+        return ReadBack(present=True, digest=atoms_digest(*self.installed, self.dhcp_servers))

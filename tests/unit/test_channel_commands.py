@@ -59,6 +59,21 @@ def test_a_redelivered_applied_command_is_a_duplicate_not_applied_again(cmds):
     assert cmds.engine.state.state == "normal"
 
 
+def test_an_older_command_after_a_newer_one_is_refused_and_changes_nothing(cmds):
+    """Stream order (DESIGN §10): "release all" stored at 5, "isolate ep1" at 6. Once 6 is
+    applied, 5 delivered late (a reset consumer, a redelivery) would undo it: refused."""
+    assert cmds.handle("cordon.v1.cmd.ep1", _body(args={"reason": "six"}), 6)["outcome"] == "applied"
+    late = cmds.handle("cordon.v1.cmd.all", _body(agent="all", action="release"), 5)
+    assert (late["outcome"], late["code"]) == ("rejected", "not_permitted") and "superseded" in late["reason"]
+    assert (cmds.engine.state.state, cmds.engine.state.reason) == ("isolated", "six")
+    assert cmds.guard.applied_seq == 6
+    again = cmds.handle("cordon.v1.cmd.ep1", _body(action="release"), 6, redelivered=True)
+    assert again["outcome"] == "rejected" and cmds.engine.state.state == "isolated"  # same seq, not the same id
+    assert cmds.handle("cordon.v1.cmd.all", _body(agent="all", action="release"), 7)["outcome"] == "applied"
+    assert cmds.engine.state.state == "normal"
+    assert ReplayGuard(cmds.guard.path.parent).applied_seq == 7      # on disk before the ack
+
+
 def test_broadcast_on_the_own_subject_is_refused(cmds):
     ev = cmds.handle("cordon.v1.cmd.ep1", _body(agent="all"), 1)
     assert ev["outcome"] == "rejected" and cmds.engine.state.state == "normal"

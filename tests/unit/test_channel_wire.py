@@ -94,6 +94,39 @@ def test_replay_guard_survives_a_restart(tmp_path):
     assert ReplayGuard(tmp_path).seen("abc") and not ReplayGuard(tmp_path).seen("abd")
 
 
+def test_replay_guard_keeps_the_applied_sequence_per_stream(tmp_path):
+    later = (datetime.now(timezone.utc) + timedelta(hours=1)).timestamp()
+    g = ReplayGuard(tmp_path)
+    g.bind_stream("2026-01-01T00:00:00Z", 10)
+    g.record("a", later, 7)
+    g.record("b", later, 5)                     # never lowers it
+    g = ReplayGuard(tmp_path)                   # after a restart
+    assert g.applied_seq == 7
+    g.bind_stream("2026-01-01T00:00:00Z", 9)    # the same stream
+    assert g.applied_seq == 7
+    g.bind_stream("2026-02-02T00:00:00Z", 900)  # a stream created anew numbers from 1
+    assert g.applied_seq == 0 and g.seen("a")
+    g.record("c", later, 3)
+    assert ReplayGuard(tmp_path).applied_seq == 3
+    g.bind_stream("2026-02-02T00:00:00Z", 2)    # same name and time, but it never reached 3
+    assert g.applied_seq == 0
+
+
+def test_replay_guard_reads_the_file_written_before_sequences(tmp_path):
+    import json
+    (tmp_path / "console-seen.json").write_text(json.dumps({"abc": 4102444800.0}))
+    g = ReplayGuard(tmp_path)
+    assert g.seen("abc") and g.applied_seq == 0
+
+
+@pytest.mark.parametrize("doc", ['{"ids": {}, "stream": null, "applied_seq": -1}',
+                                 '{"ids": {}, "stream": 5, "applied_seq": 1}', '[1]', '{"ids": []}'])
+def test_replay_guard_refuses_a_corrupt_file(tmp_path, doc):
+    (tmp_path / "console-seen.json").write_text(doc)
+    with pytest.raises(RuntimeError, match="corrupt"):
+        ReplayGuard(tmp_path)
+
+
 @pytest.mark.parametrize("text,seconds", [("90s", 90), ("15m", 900), ("24h", 86400), ("7d", 604800)])
 def test_durations(text, seconds):
     assert wire.parse_duration(text).total_seconds() == seconds

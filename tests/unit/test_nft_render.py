@@ -84,9 +84,14 @@ def test_rendered_text_has_no_blanket_or_source_port_accepts():
     assert below.count("policy drop;") == 2 * below.count("hook egress device")
     assert "established" not in text and "sport" not in text
     assert "198.51.100.10 . 6 . 443" in text
-    with_dhcp = render_text(build(Plan("standard", (), dhcp=True)))
-    assert "udp sport 68 udp dport 67 accept" in with_dhcp
-    assert "udp sport 67 udp dport 68 accept" in with_dhcp
+    with_dhcp = render_text(build(Plan("standard", (), dhcp=True, dhcp_servers=("192.0.2.1",))))
+    dhcp_lines = [ln.strip() for ln in with_dhcp.splitlines() if "dport 67" in ln or "dport 68" in ln]
+    # DHCP only to/from the broadcast address or the leased server: no line to any address
+    assert sorted(ln.split(" accept")[0] for ln in dhcp_lines) == [
+        "udp sport 67 udp dport 68 ip daddr 255.255.255.255",
+        "udp sport 67 udp dport 68 ip saddr 192.0.2.1",
+        "udp sport 68 udp dport 67 ip daddr 192.0.2.1",
+        "udp sport 68 udp dport 67 ip daddr 255.255.255.255"]
 
 
 def test_set_elements_encode_start_and_end_keys_in_network_order():

@@ -11,7 +11,7 @@ from platforms.nftables import wire as w
 from platforms.nftables.readback import SeenRule, decode_seen, rule_problems
 from platforms.nftables.render import chain_rules
 from platforms.nftables.shape import SET_FIELDS
-from platforms.nftables.vocabulary import (CtDirection, CtRelated, Family, Interface, Key, L4Proto,
+from platforms.nftables.vocabulary import (CtDirection, CtRelated, Family, Interface, IpAddr, Key, L4Proto,
                                            Rule, SetLookup, UdpPorts, decode_rule, tag_of, userdata)
 
 u32 = st.integers(0, 2**32 - 1)
@@ -30,6 +30,8 @@ MATCHES = st.one_of(
     st.builds(Family, st.sampled_from([2, 10])), st.builds(L4Proto, u8),
     st.builds(UdpPorts, st.integers(0, 65535), st.integers(0, 65535)),
     st.builds(CtDirection, st.sampled_from([0, 1])), st.just(CtRelated()),
+    st.builds(IpAddr, st.sampled_from([Key.IP_SADDR, Key.IP_DADDR]),
+              st.ip_addresses(v=4).map(str)),
     st.builds(SetLookup, st.lists(st.sampled_from(list(Key)), min_size=1, max_size=3).map(tuple),
               st.sampled_from(sorted(SET_FIELDS))))
 
@@ -55,7 +57,7 @@ def test_tag_is_the_nft_comment_user_data(tag):
 
 def test_cordon_rules_decode_with_the_kernel_s_ct_protocol_form():
     """The kernel dumps `ct protocol` without a direction; that still decodes."""
-    for rules in chain_rules(True).values():
+    for rules in chain_rules(True, ("192.0.2.1", "198.51.100.67")).values():
         for r in rules:
             exprs = [x.Ct(e.dreg, e.key) if isinstance(e, x.Ct) and e.key == 10 else e
                      for e in r.exprs("a")]
@@ -79,8 +81,8 @@ def test_decoding_is_total():
 
 
 def test_text_carries_the_tag_as_comment():
-    r = chain_rules(True)["output"][5]
-    assert r.text("b") == 'udp sport 68 udp dport 67 accept comment "cordon/dhcp"'
+    r = chain_rules(True, ("192.0.2.1",))["output"][6]
+    assert r.text("b") == 'udp sport 68 udp dport 67 ip daddr 192.0.2.1 accept comment "cordon/dhcp-server-1"'
 
 
 def _seen(rules, gen="a"):

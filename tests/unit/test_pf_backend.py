@@ -183,14 +183,15 @@ def test_open_connections_not_allowed_are_killed_and_allowed_ones_kept(fake, bac
         FakeState("tcp", "in", "192.0.2.2", 3389, "203.0.113.5", 40001),     # jump host: keep
         FakeState("udp", "out", "2001:db8::2", 50003, "2001:db8::53", 53),   # IPv6: kill
         FakeState("tcp", "out", "127.0.0.1", 50004, "127.0.0.1", 8080),      # loopback: keep
-        FakeState("udp", "out", "192.0.2.2", 68, "192.0.2.1", 67),           # DHCP: keep
+        FakeState("udp", "out", "192.0.2.2", 68, "192.0.2.1", 67),           # DHCP, leased server: keep
+        FakeState("udp", "out", "192.0.2.2", 68, "203.0.113.67", 67),        # DHCP-shaped, stranger: kill
     ]
     backend.apply(plan_for("standard_1"))
     left = {(s.remote, s.remote_port) for s in fake.states}
     assert left == {("198.51.100.10", 443), ("203.0.113.5", 40001), ("127.0.0.1", 8080), ("192.0.2.1", 67)}
     kills = [c for c in fake.commands() if c.startswith("-k")]
     assert kills == ["-k 192.0.2.2 -k 8.8.8.8", "-k 203.0.113.66 -k 192.0.2.2",
-                     "-k 2001:db8::2 -k 2001:db8::53"]
+                     "-k 2001:db8::2 -k 2001:db8::53", "-k 192.0.2.2 -k 203.0.113.67"]
 
 
 def test_a_state_that_survives_the_kills_is_an_error(fake, backend):

@@ -15,8 +15,6 @@ from platforms.pf import PfBackend
 from platforms.pf.render import ANCHOR, read_rules, render
 from tests.golden import check_golden
 from tests.harness import oracle
-from tests.harness.matrix import matrix
-from tests.harness.probe import Probe
 from tests.unit.fake_pfctl import FakePfctl, parse_ruleset
 
 GOLDEN = Path(__file__).parent / "golden" / "pf"
@@ -53,13 +51,16 @@ def fifty_fifty() -> tuple[Flow, ...]:
     return tuple(flows)
 
 
+LEASED = ("192.0.2.1",)  # the DHCP server of the host's lease, where a plan has one
+
+
 def plan_for(name: str) -> Plan | None:
     base = vendor_flows() + dns_flows()
     return {
         "normal": None,
         "standard_0": Plan("standard", base, True, 1),
-        "standard_1": Plan("standard", base + one_exception(), True, 2),
-        "standard_50_50": Plan("standard", base + fifty_fifty(), True, 3),
+        "standard_1": Plan("standard", base + one_exception(), True, 2, dhcp_servers=LEASED),
+        "standard_50_50": Plan("standard", base + fifty_fifty(), True, 3, dhcp_servers=LEASED),
         "strict": Plan("strict", base, True, 3),
         "no_dns_no_dhcp": Plan("standard", vendor_flows() + one_exception(), False, 2),
         "dns_two_resolvers_no_dhcp": Plan("standard", vendor_flows() + dns_flows(
@@ -86,7 +87,8 @@ def test_output_does_not_depend_on_flow_order():
     plan = plan_for("standard_50_50")
     flows = list(plan.flows)
     random.Random(7).shuffle(flows)
-    assert render(Plan(plan.mode, tuple(flows), plan.dhcp, plan.policy_version)) == render(plan)
+    assert render(Plan(plan.mode, tuple(flows), plan.dhcp, plan.policy_version,
+                       dhcp_servers=plan.dhcp_servers)) == render(plan)
 
 
 def test_backend_render_is_the_module_render():
@@ -110,11 +112,16 @@ SHAPES = [
      'PARAMETERS: "on <interface>: This rule applies only to packets coming in on, or going out '
      'through, this particular interface"; "all: This is equivalent to from any to any"; '
      'STATEFUL TRACKING OPTIONS: "no state" (pass without creating state).'),
-    (r"pass out quick inet proto udp from any port 68 to any port 67 keep state",
-     'PARAMETERS: "from <source> port <source> to <dest> port <dest>"; "port 68": unary "=" '
-     'is the default operator; "keep state".'),
-    (r"pass in quick inet proto udp from any port 67 to any port 68 keep state",
-     "as above, inbound (DHCP server replies, also to broadcast)."),
+    (r"pass out quick inet proto udp from any port 68 to 255\.255\.255\.255 port 67 keep state",
+     'PARAMETERS: "from <source> port <source> to <dest> port <dest>"; a host is "A single IP '
+     'address"; "port 68": unary "=" is the default operator; "keep state". DHCP requests to the '
+     'limited broadcast address.'),
+    (r"pass out quick inet proto udp from any port 68 to \d+\.\d+\.\d+\.\d+ port 67 keep state",
+     "as above, to a leased DHCP server (renewals)."),
+    (r"pass in quick inet proto udp from any port 67 to 255\.255\.255\.255 port 68 keep state",
+     "inbound DHCP replies sent to the limited broadcast address (never routed: from the link)."),
+    (r"pass in quick inet proto udp from \d+\.\d+\.\d+\.\d+ port 67 to any port 68 keep state",
+     "inbound DHCP replies from a leased server."),
     (r"pass out quick inet proto (tcp|udp) from any to <cordon_out_(tcp|udp)_\d+>"
      r" port (\d+|\d+:\d+|\{ (\d+|\d+:\d+)(, (\d+|\d+:\d+))* \})( flags S/SA)? keep state",
      'PARAMETERS: "quick: If a packet matches a rule which has the quick option set, this rule is '
@@ -163,64 +170,71 @@ def test_every_rendered_line_has_a_catalogued_shape_and_every_shape_is_produced(
 
 # --------------------------------------------------------------- what the loaded anchor allows
 
-def expected(plan: Plan, p: Probe) -> str:
-    """The contract (DESIGN.md 1) from the harness's one oracle, not from pf text. No
-    lease is known here, so DHCP only to the broadcast address."""
-    direction, _, remote, _, _ = pf_flow(p)
-    ok = oracle.allows(oracle.plan_rules(plan), direction, p.proto, remote, p.port, p.sport, dhcp=plan.dhcp)
+def expected(plan: Plan, direction: str, proto: str, remote: str, remote_port, local_port, local=None) -> str:
+    """The contract (DESIGN.md 1) from the harness's one oracle, not from pf text: DHCP to
+    the broadcast address or the plan's leased server. pf cannot see the payload, so
+    every probe here counts as BOOTP-shaped (a named limit of pf: size and shape unchecked)."""
+    port, sport = (remote_port, local_port) if direction == "out" else (local_port, remote_port)
+    if direction == "in" and local is not None and proto == "udp":
+        if plan.dhcp and oracle.dhcp_allows("in", proto, remote, port, sport, oracle.plan_dhcp_servers(plan), local):
+            return "pass"
+        return "block"  # nothing else is ever sent to the broadcast address
+    ok = oracle.allows(oracle.plan_rules(plan), direction, proto, remote, port, sport, dhcp=plan.dhcp,
+                       dhcp_servers=oracle.plan_dhcp_servers(plan))
     return "pass" if ok else "block"
 
 
-def pf_flow(p: Probe) -> tuple:
-    """A probe (peers are addresses here) as the fake pfctl's (direction, proto, remote,
-    remote_port, local_port)."""
-    if p.src == "endpoint":
-        return "out", p.proto, p.dst, p.port, p.sport
-    return "in", p.proto, p.src, p.sport, p.port
-
-
-SPORT = 50000  # the opener's source port, outside every flow's ports
-STRANGERS = {4: ("192.0.2.200", "8.8.8.8"), 6: ("2001:db8::1", "2001:db8::53")}
-
-
-def probes(plan: Plan) -> list[Probe]:
-    """Inside and just outside every flow's addresses and ports, both directions, every
-    protocol, plus strangers, IPv6 and DHCP (tests.harness.matrix builds them)."""
-    out = []
+def probes(plan: Plan):
+    """(direction, proto, remote, remote_port, local_port): inside and just outside
+    every flow's addresses and ports, both directions, every protocol, plus
+    strangers, IPv6 and DHCP."""
     for f in plan.flows:
         net = ipaddress.ip_network(f.network)
         addrs = {net.network_address, net.broadcast_address, net.broadcast_address + 1, net.network_address - 1}
         ports = set()
         for r in f.ports or (P(443, 443),):
             ports |= {r.first, r.last, max(1, r.first - 1), min(65535, r.last + 1)}
-        services = [(proto, port) for port in sorted(ports) for proto in ("tcp", "udp")] + [("icmp", None)]
-        out += matrix(sorted(map(str, addrs)), services, families=(net.version,), sport=SPORT)
-    strange = [(proto, port) for proto in ("tcp", "udp") for port in (443, 22)] + [("icmp", None)]
-    dhcp = [Probe("endpoint", "255.255.255.255", "udp", 67, 4, sport=68),
-            Probe("endpoint", "203.0.113.77", "udp", 67, 4, sport=68),   # DHCP-shaped, to a stranger
-            Probe("192.0.2.1", "endpoint", "udp", 68, 4, sport=67)]      # an unsolicited "offer"
-    for fam, addrs in STRANGERS.items():
-        out += matrix(addrs, strange, families=(fam,), sport=SPORT)
-    return list(dict.fromkeys(out + dhcp))
+        for addr in map(str, addrs):
+            for port in ports:
+                for proto in ("tcp", "udp", "icmp"):
+                    p = None if proto == "icmp" else port
+                    yield "out", proto, addr, p, None if p is None else 50000
+                    yield "in", proto, addr, None if p is None else 50000, p
+    for addr in ("192.0.2.200", "8.8.8.8", "2001:db8::1", "2001:db8::53"):
+        for proto in ("tcp", "udp"):
+            yield "out", proto, addr, 443, 50000
+            yield "in", proto, addr, 50000, 22
+        yield "out", "icmp", addr, None, None
+    for server in (*LEASED, "203.0.113.77"):     # the leased server, and a stranger
+        yield "out", "udp", server, 67, 68       # a request (renewal) to it
+        yield "in", "udp", server, 67, 68        # its reply, or an unsolicited "offer"
+        yield "in", "udp", server, 68, 67        # a client asking the host: no DHCP server here
+        yield "out", "udp", server, 68, 67
+    yield "out", "udp", "255.255.255.255", 67, 68
+    yield "out", "udp", "255.255.255.255", 68, 67
 
 
-DHCP_ANY = pytest.mark.xfail(strict=True, reason="issue 19: the pf anchor passes udp 68->67 "
-                                                  "to any address, not only DHCP to the broadcast/leased server")
+def broadcast_probes():
+    """(remote, remote port, local port) sent to the host's limited broadcast address."""
+    for remote in (*LEASED, "203.0.113.77", "192.0.2.99"):
+        yield remote, 67, 68   # an offer to the broadcast address: from the link only
+        yield remote, 68, 67   # a client's discover: the host is no server
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=DHCP_ANY) if plan_for(n).dhcp else n
-                                  for n in GOLDEN_NAMES if n != "normal"])
+@pytest.mark.parametrize("name", [n for n in GOLDEN_NAMES if n != "normal"])
 def test_loaded_anchor_allows_exactly_the_plan(name, tmp_path):
     plan = plan_for(name)
     fake = FakePfctl()
     PfBackend(str(tmp_path), run=fake).apply(plan)
     checked = 0
-    for p in probes(plan):
-        direction, proto, addr, rport, lport = pf_flow(p)
-        local = "2001:db8::2" if p.family == 6 else "192.0.2.2"
+    for direction, proto, addr, rport, lport in probes(plan):
+        local = "2001:db8::2" if ":" in addr else "192.0.2.2"
         got = fake.verdict(direction, proto, addr, remote_port=rport, local_port=lport, local=local)
-        assert got == expected(plan, p), p.label()
+        assert got == expected(plan, direction, proto, addr, rport, lport), (direction, proto, addr, rport, lport)
         checked += 1
+    for addr, rport, lport in broadcast_probes():
+        got = fake.verdict("in", "udp", addr, remote_port=rport, local_port=lport, local="255.255.255.255")
+        assert got == expected(plan, "in", "udp", addr, rport, lport, "255.255.255.255"), (addr, rport, lport)
     assert fake.verdict("out", "tcp", "127.0.0.1", 8080, 50000, local="127.0.0.1", iface="lo0") == "pass"
     assert fake.verdict("in", "tcp", "::1", 50000, 22, local="::1", iface="lo0") == "pass"
     assert checked > 50
@@ -240,8 +254,10 @@ def test_tcp_rules_do_not_adopt_a_mid_stream_packet(tmp_path):
 def test_read_rules_understands_pfctls_normalised_form():
     listing = """\
 pass quick on lo0 all no state
-pass out quick inet proto udp from any port = bootpc to any port = bootps keep state
-pass in quick inet proto udp from any port = bootps to any port = bootpc keep state
+pass out quick inet proto udp from any port = bootpc to 255.255.255.255 port = bootps keep state
+pass out quick inet proto udp from any port = bootpc to 192.0.2.1 port = bootps keep state
+pass in quick inet proto udp from any port = bootps to 255.255.255.255 port = bootpc keep state
+pass in quick inet proto udp from 192.0.2.1 port = bootps to any port = bootpc keep state
 pass out quick inet proto tcp from any to <t1> port = https flags S/SA keep state
 pass in quick inet proto tcp from <t2> to any port 5000:5010 flags S/SA keep state
 pass in quick inet proto tcp from <t2> to any port = 22 flags S/SA keep state
@@ -251,6 +267,7 @@ block drop quick all
     tables = {"t1": ["198.51.100.10"], "t2": ["203.0.113.0/24"], "t3": ["203.0.113.7"]}
     res = read_rules(listing, tables)
     assert res.problems == [] and res.dhcp and res.loopback and res.block_last
+    assert res.dhcp_servers == ("192.0.2.1",)
     assert res.atoms == {("out", "tcp", "198.51.100.10/32", 443, 443),
                          ("in", "tcp", "203.0.113.0/24", 5000, 5010),
                          ("in", "tcp", "203.0.113.0/24", 22, 22),
@@ -263,6 +280,9 @@ block drop quick all
     "pass out quick inet proto tcp from any to <t1> port = https flags any keep state",  # adopts mid-stream
     "pass out quick all flags S/SA keep state",
     "anchor \"evil\" all",
+    # DHCP to any address (the old blanket rule), or to a server with no reply rule for it
+    "pass out quick inet proto udp from any port = bootpc to any port = bootps keep state",
+    "pass out quick inet proto udp from any port = bootpc to 203.0.113.7 port = bootps keep state",
 ])
 def test_read_rules_flags_anything_cordon_does_not_render(bad):
     listing = f"pass quick on lo0 all no state\n{bad}\nblock drop quick all\n"

@@ -7,7 +7,7 @@ import itertools
 from html.parser import HTMLParser
 
 from console.fleet_html import render_fleet
-from tests.harness.report import from_tables, report_document
+from tests.harness.report import failed_record, from_tables, report_document
 from tests.harness.report_html import render
 
 HOSTILE = '<script>alert(1)</script>"\'&'
@@ -103,6 +103,28 @@ def test_bare_demo_json_list_renders():
     doc = from_tables([{"title": "normal", "correct": len(probes), "incorrect": 0, "probes": probes}])
     page = parse(render([{"title": "normal", "correct": len(probes), "incorrect": 0, "probes": probes}]))
     assert doc["ok"] and sum(1 for t, a in page.tags if t == "td" and "cell" in a.get("class", "")) == len(probes)
+
+
+def test_a_broken_step_and_the_runs_timings_are_shown():
+    """The VM tier's page: a step that raised has no table but fails the run; the figures
+    (boot and reboot times) are a table of their own, escaped."""
+    ok = _doc(_probes(lambda i, exp: exp))["steps"][0]
+    doc = report_document([ok, failed_record("reboot", f"ERROR HarnessError: {HOSTILE}", 12.5)],
+                          figures={"boot: shell after power-on": 31.2, HOSTILE: 1})
+    text = render(doc)
+    page = parse(text)
+    assert not doc["ok"]
+    overall = [a for t, a in page.tags if a.get("id") == "overall"][0]
+    assert "fail" in overall["class"].split()
+    failed_rows = [a for t, a in page.tags if t == "tr" and "failed" in a.get("class", "").split()]
+    assert len(failed_rows) == 1
+    cells = [a for t, a in page.tags if t == "td" and "cell" in a.get("class", "").split()]
+    assert len(cells) == len(ok["table"]["probes"])    # the broken step adds no cell
+    figure_tables = [a for t, a in page.tags if t == "table" and "figures" in a.get("class", "").split()]
+    assert len(figure_tables) == 1
+    words = "".join(page.text)
+    assert "boot: shell after power-on" in words and "31.2" in words and HOSTILE in words
+    assert "<script>alert" not in text
 
 
 def _row(agent, **kw):

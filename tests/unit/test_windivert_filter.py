@@ -39,8 +39,11 @@ def _p(*ps) -> tuple[PortRange, ...]:
     return tuple(PortRange(*p) if isinstance(p, tuple) else PortRange(p, p) for p in ps)
 
 
+LEASED = "192.0.2.1"  # the DHCP server of the host's lease, in the plans with DHCP
+
+
 def plan_zero() -> Plan:
-    return Plan("standard", VENDOR, True, 1)
+    return Plan("standard", VENDOR, True, 1, dhcp_servers=(LEASED,))
 
 
 def plan_strict() -> Plan:
@@ -54,7 +57,7 @@ def plan_cidrs() -> Plan:
         Flow("out", "udp", "203.0.113.128/25", _p(123)),
         Flow("in", "tcp", "198.51.100.128/25", _p(3389)),
         Flow("in", "icmp", "192.0.2.0/30", ()),
-    ), True, 2)
+    ), True, 2, dhcp_servers=(LEASED,))
 
 
 def plan_50_50() -> Plan:
@@ -63,7 +66,7 @@ def plan_50_50() -> Plan:
         proto = ("tcp", "udp")[i % 2]
         flows.append(Flow("out", proto, f"203.0.113.{i + 1}/32", _p(443, (8000 + i, 8005 + i)), name=f"o{i}"))
         flows.append(Flow("in", "tcp", f"198.51.100.{i + 100}/32", _p(22, 3389, (6000, 6000 + i)), name=f"i{i}"))
-    return Plan("standard", VENDOR + tuple(flows), True, 3)
+    return Plan("standard", VENDOR + tuple(flows), True, 3, dhcp_servers=(LEASED,))
 
 
 PLANS = {"zero_exceptions": plan_zero, "strict": plan_strict, "cidrs": plan_cidrs, "fifty_fifty": plan_50_50}
@@ -113,13 +116,14 @@ HOST = "192.0.2.10"
 
 
 def build(outbound: bool, proto: int, peer: str, sport: int, dport: int, flags: int = 0x10,
-          icmp_type: int = 8, loopback: bool = False, v6: bool = False):
-    """A real IPv4/IPv6 packet between HOST and `peer` (ports are the packet's own)."""
-    src, dst = (HOST, peer) if outbound else (peer, HOST)
+          icmp_type: int = 8, loopback: bool = False, v6: bool = False, payload: bytes = b"",
+          local: str = HOST):
+    """A real IPv4/IPv6 packet between `local` and `peer` (ports are the packet's own)."""
+    src, dst = (local, peer) if outbound else (peer, local)
     if proto == 6:
         l4 = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 0x50, flags, 1024, 0, 0)
     elif proto == 17:
-        l4 = struct.pack("!HHHH", sport, dport, 8, 0)
+        l4 = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
     elif proto == 1:
         l4 = struct.pack("!BBHHH", icmp_type, 0, 0, 1, 1)
     else:
@@ -211,16 +215,14 @@ def test_enforced_verdict_matches_the_contract_on_opened_flows(name, outbound, p
 
 STATELESS = pytest.mark.xfail(strict=True, reason="issue 19: WinDivert passes replies by source "
                                                   "port/protocol without a connection the host opened")
-DHCP_ANY = pytest.mark.xfail(strict=True, reason="issue 19: WinDivert passes udp 68<->67 to and "
-                                                 "from any address, not only DHCP")
 
 
 @pytest.mark.parametrize("outbound, proto, peer, sport, dport, flags", [
     pytest.param(False, 6, "198.51.100.10", 443, 40000, 0x10, marks=STATELESS, id="tcp-ack-from-vendor-443"),
     pytest.param(False, 17, "198.51.100.53", 53, 40000, 0, marks=STATELESS, id="udp-from-dns-53"),
     pytest.param(False, 17, "198.51.100.10", 443, 40000, 0, id="udp-from-vendor-443"),
-    pytest.param(True, 17, "203.0.113.200", 68, 67, 0, marks=DHCP_ANY, id="dhcp-to-a-stranger"),
-    pytest.param(False, 17, "203.0.113.200", 67, 68, 0, marks=DHCP_ANY, id="unsolicited-dhcp-offer"),
+    pytest.param(True, 17, "203.0.113.200", 68, 67, 0, id="dhcp-to-a-stranger"),
+    pytest.param(False, 17, "203.0.113.200", 67, 68, 0, id="unsolicited-dhcp-offer"),
 ])
 def test_no_stateless_replies_and_no_dhcp_to_strangers(outbound, proto, peer, sport, dport, flags):
     """Packets no connection explains: the contract blocks each (oracle, learned=False)."""
@@ -255,7 +257,8 @@ def test_vendor_dns_dhcp_never_reach_the_guard():
         f = compile_plan(plan)
         for pkt in (build(True, 6, "198.51.100.10", 40000, 443), build(False, 6, "198.51.100.10", 443, 40000),
                     build(True, 17, "198.51.100.53", 40000, 53), build(False, 17, "198.51.100.53", 53, 40000),
-                    build(True, 17, "255.255.255.255", 68, 67), build(False, 17, "192.0.2.1", 67, 68),
+                    build(True, 17, "255.255.255.255", 68, 67, payload=bootp(1)),
+                    build(False, 17, LEASED, 67, 68, payload=bootp(2)),
                     build(True, 6, "192.0.2.99", 40000, 22, loopback=True)):
             assert not pkt.matches(f.drop)
             assert not pkt.matches(f.guard)
@@ -265,3 +268,41 @@ def test_base_flows_too_big_is_a_clear_error():
     many = tuple(Flow("out", "tcp", f"198.51.100.{i}/32", _p(443), "vendor") for i in range(1, 60))
     with pytest.raises(ValueError, match="flows: vendor/DNS/DHCP"):
         compile_plan(Plan("standard", many, True, 1))
+
+
+# --- DHCP only as DHCP: real BOOTP-shaped packets against the harness's oracle -------------
+
+def bootp(op: int, size: int = 300, cookie: bytes = bytes([99, 130, 83, 99])) -> bytes:
+    """A BOOTP message of operation `op` (RFC 2131 layout), `size` bytes of UDP payload."""
+    body = bytes([op, 1, 6, 0]) + b"\x12\x34\x56\x78" + bytes(228) + cookie + b"\x35\x01\x01\xff"
+    return (body + bytes(max(0, size - len(body))))[:size]
+
+
+DHCP_PEERS = [LEASED, "203.0.113.200", "192.0.2.2"]
+PAYLOADS = {"request": bootp(1), "reply": bootp(2), "short": bootp(1, 200), "long": bootp(2, 1500),
+            "no-cookie-request": bootp(1, cookie=b"\0\0\0\0"), "no-cookie-reply": bootp(2, cookie=b"\0\0\0\0"),
+            "plain": b"nonce\n"}
+
+
+@pytest.mark.parametrize("name", ["zero_exceptions", "strict", "fifty_fifty"])
+@pytest.mark.parametrize("payload", sorted(PAYLOADS))
+def test_dhcp_passes_only_as_dhcp_to_the_broadcast_or_the_leased_server(name, payload):
+    """Every DHCP-port packet, both directions, to/from the leased server, a stranger and
+    the broadcast address, shaped or not: the compiled handles agree with
+    tests.harness.oracle.dhcp_allows (DESIGN 1 "DHCP (if enabled)"; issue 13)."""
+    from tests.harness import oracle as contract
+    plan = PLANS[name]()
+    data = PAYLOADS[payload]
+    for outbound in (True, False):
+        for peer in DHCP_PEERS + ["255.255.255.255"]:
+            for sport, dport in ((68, 67), (67, 68)):
+                local = HOST
+                if not outbound and peer == "255.255.255.255":
+                    peer, local = "192.0.2.2", "255.255.255.255"  # a stranger on the link, to the broadcast
+                shaped = contract.bootp_shaped(data, 1 if outbound else 2)
+                want = plan.dhcp and contract.dhcp_allows(
+                    "out" if outbound else "in", "udp", peer, dport, sport,
+                    contract.plan_dhcp_servers(plan), None if local == HOST else local, shaped)
+                pkt = build(outbound, 17, peer, sport, dport, payload=data, local=local)
+                got = not pkt.matches(compile_plan(plan).drop)
+                assert got == want, (name, payload, outbound, peer, local, sport, dport)

@@ -118,6 +118,7 @@ class Guest:
             self.set_link(False)
 
     def _connect_shell(self, timeout: float = 20) -> None:
+        timeout *= load_factor()
         deadline = time.monotonic() + timeout
         while True:
             self._check_running()
@@ -128,7 +129,7 @@ class Guest:
             except OSError:
                 s.close()
                 if time.monotonic() > deadline:
-                    raise HarnessError(f"no shell socket {self.shell_path} after {timeout}s")
+                    raise HarnessError(f"no shell socket {self.shell_path} after {timeout:.0f}s")
                 time.sleep(0.05)
         self._sock, self._buf = s, b""
 

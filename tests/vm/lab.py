@@ -127,7 +127,7 @@ class CtlProxy:
             if self._port is s:
                 self._port = None
 
-    def request(self, line: str, timeout: float = 3.0) -> str | None:
+    def request(self, line: str, timeout: float) -> str | None:
         ident = str(next(self._ids))
         slot = [threading.Event()]
         self._waiting[ident] = slot
@@ -161,7 +161,9 @@ class CtlProxy:
     def _answer(self, conn: socket.socket) -> None:
         with conn, conn.makefile("rwb") as f:
             for line in f:
-                answer = self.request(line.decode(errors="replace").strip())
+                # A guard against a dead guest, not a verdict: the client's own deadline
+                # decides (it closes the connection and the late answer is dropped).
+                answer = self.request(line.decode(errors="replace").strip(), 30 * hlab.load_factor())
                 if answer is None:
                     return  # like a dead responder: the client sees no answer
                 f.write(answer.encode() + b"\n")
@@ -200,6 +202,16 @@ class VmLab(Lab):
         if check and rc != 0:
             raise RuntimeError(f"in the guest: {cmd}: {err.strip() or rc}")
         return subprocess.CompletedProcess(list(argv), rc, out, err)
+
+    def replay_command(self, p) -> str:
+        """Peer-to-guest probes replay from the peer's namespace (Lab's command); a probe
+        from the guest replays in the guest's control shell (tests/vm/inguest/probe_batch.py)."""
+        if not self.is_guest(p.src):
+            return super().replay_command(p)
+        item = {"addr": self.addr(p.dst, p.family), "proto": p.proto, "port": p.port,
+                "family": p.family, "nonce": "replay", "sport": p.sport, "timeout": 2.0}
+        blob = base64.b64encode(json.dumps([item]).encode()).decode()
+        return f"in the guest: cd {GUEST_TEST_DIR} && python3 -m tests.vm.inguest.probe_batch {blob}"
 
     # --- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -280,7 +292,7 @@ class VmLab(Lab):
     def _wait_guest_responder(self, timeout: float = 60) -> None:
         timeout *= hlab.load_factor()
         deadline = time.monotonic() + timeout
-        while self.control(GUEST, "PING", timeout=3) != "PONG":
+        while self.control(GUEST, "PING", timeout=3 * hlab.load_factor()) != "PONG":
             if time.monotonic() > deadline:
                 journal = self.guest.execute("journalctl -b -u cordon-responder -u cordon-ctl-bridge"
                                              " --no-pager | tail -20")[1]

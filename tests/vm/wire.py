@@ -15,6 +15,7 @@ import subprocess
 import time
 
 from tests.harness import netns
+from tests.harness.lab import load_factor
 
 
 def _ports(ports, side: str) -> str:
@@ -55,7 +56,7 @@ class WireWatch:
             netns.exec_argv(self.lab.ns("router"), "tcpdump", "-i", "to-endpoint", "-U", "-n", "-s", "200",
                             "-w", self.path, f"ether src {mac} and (ip or ip6)"),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 10 * load_factor()
         while not os.path.exists(self.path):  # tcpdump creates the file once it captures
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"tcpdump did not start: {self.proc.stderr.read().decode()[-300:]}")

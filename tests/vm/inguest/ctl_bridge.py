@@ -17,7 +17,7 @@ lock = threading.Lock()
 def answer(out, ident, request):
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(3)
+            s.settimeout(30)  # a guard against a hung responder; the host's caller decides
             s.connect(CTL)
             s.sendall(request.encode() + b"\n")
             reply = s.makefile().readline().strip() or "ERR empty"

@@ -3,6 +3,8 @@
 
     python3 -m tests.vm.inguest.probe_batch BASE64(JSON [{addr, proto, port, family,
         nonce, timeout, sport}, ...])  ->  JSON [null | "reason" | "LOCAL reason", ...]
+    python3 -m tests.vm.inguest.probe_batch FILE TIMEOUT NONCE,NONCE,...
+        (FILE: the same list without nonce and timeout; the i-th nonce goes with the i-th item)
 """
 import asyncio
 import base64
@@ -26,5 +28,17 @@ async def main(items):
     return await asyncio.gather(*(one(it) for it in items))
 
 
+def items_from(argv):
+    if len(argv) == 1:
+        return json.loads(base64.b64decode(argv[0]))
+    path, timeout, nonces = argv
+    with open(path) as f:
+        items = json.load(f)
+    nonces = nonces.split(",")
+    if len(nonces) != len(items):
+        sys.exit(f"{len(nonces)} nonces for {len(items)} probes in {path}")
+    return [dict(it, nonce=n, timeout=float(timeout)) for it, n in zip(items, nonces)]
+
+
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(main(json.loads(base64.b64decode(sys.argv[1]))))))
+    print(json.dumps(asyncio.run(main(items_from(sys.argv[1:])))))
