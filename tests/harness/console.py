@@ -22,7 +22,8 @@ import time
 
 from . import netns
 from .driver import default_config
-from .lab import REPO_ROOT, load_factor
+from .lab import REPO_ROOT
+from .waits import Deadline, scaled, wait_until
 
 NATS_PORT = 4222
 
@@ -60,13 +61,11 @@ class Broker:
                                    "-p", str(self.port), "-n", f"cordon-lab-{self.lab.runid}-{self.host}",
                                    *self.extra, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         log.close()
-        deadline = time.monotonic() + timeout
-        while not self._answers():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nats-server exited with {self.proc.returncode}: {self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"nats-server not answering after {timeout}s: {self.log_tail()}")
-            time.sleep(0.05)
+        try:
+            wait_until(self._answers, timeout, "nats-server answering", error=RuntimeError,
+                       abort=lambda: self.proc.poll() is not None and f"it exited with {self.proc.returncode}")
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}: {self.log_tail()}") from None
         return self
 
     def _answers(self) -> bool:
@@ -85,7 +84,7 @@ class Broker:
         """Stop the broker at once (SIGKILL by pid); its store stays for a restart."""
         if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+            self.proc.wait(scaled(10))
 
     def ready(self, timeout: float = 60) -> None:
         """Nothing more to wait for on a single server (a Cluster waits for JetStream)."""
@@ -145,17 +144,12 @@ class Cluster:
             except Exception:
                 await js.create_key_value(KeyValueConfig(bucket=fmt.STATUS_BUCKET, history=1, replicas=self.replicas))
             return (await js.stream_info(fmt.STREAM)).config.num_replicas
-        deadline = time.monotonic() + timeout * load_factor()
         with Wire(self.lab, self) as w:
-            while True:
-                try:
-                    if w.call(prepare(w.js), timeout=10) == self.replicas:
-                        return
-                except Exception as exc:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"JetStream cluster not ready after {timeout}s: {exc!r}\n"
-                                           + self.nodes[0].log_tail()) from None
-                time.sleep(0.2)
+            try:
+                wait_until(lambda: w.call(prepare(w.js), timeout=10) == self.replicas, timeout,
+                           "JetStream cluster ready", step=0.2, error=RuntimeError, retry_on=(Exception,))
+            except RuntimeError as exc:
+                raise RuntimeError(f"{exc}\n{self.nodes[0].log_tail()}") from None
 
     def kill(self, i: int) -> None:
         self.nodes[i].kill()
@@ -195,8 +189,10 @@ class Console:
                                "--servers", self.broker.url, "--key", self.key, "--timeout", str(timeout))
 
     def run(self, *args: str, timeout: float = 10, wait: float = 60) -> subprocess.CompletedProcess:
+        """`timeout`: the console's own --timeout; `wait`: the guard against a hang of the
+        whole process, seconds on an idle machine (x load)."""
         return subprocess.run(self.argv(*args, timeout=timeout), env=self._env, cwd=REPO_ROOT, capture_output=True,
-                              text=True, timeout=wait)
+                              text=True, timeout=scaled(wait))
 
     def popen(self, *args: str, timeout: float = 10) -> subprocess.Popen:
         """The same, not waited for (stdout/stderr pipes; `communicate()` it). Its own
@@ -223,13 +219,11 @@ class Console:
 
     def wait_subscribed(self, agent, count: int = 1, timeout: float = 30) -> None:
         """Until the agent's audit log says its consumers are in place (`count` times)."""
-        deadline = time.monotonic() + timeout
-        while len(agent.audit_events("console_subscribed")) < count:
-            if not agent.alive:
-                raise RuntimeError(f"agent exited:\n{agent.stderr_tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"agent not subscribed after {timeout}s:\n{agent.stderr_tail()}")
-            time.sleep(0.05)
+        try:
+            wait_until(lambda: len(agent.audit_events("console_subscribed")) >= count, timeout,
+                       f"agent subscribed x{count}", abort=agent.exit_reason, error=RuntimeError)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}\n{agent.stderr_tail()}") from None
 
 
 class Wire:
@@ -250,7 +244,8 @@ class Wire:
             self.loop.run_forever()
 
     def call(self, coro, timeout: float = 20):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        """Run `coro` on the wire's loop; `timeout` x load guards a hang."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(scaled(timeout))
 
     def __enter__(self) -> "Wire":
         import nats
@@ -294,7 +289,7 @@ class Wire:
 
     def command_seen(self, timeout: float = 30) -> tuple[str, float]:
         """Wait for the next command published after this call; (its id, when it was seen)."""
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout)
         with self._cond:
             known = set(self.commands)
             while True:
@@ -302,15 +297,14 @@ class Wire:
                 if new:
                     t, c = min(new)
                     return c, t
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"no command published within {timeout}s")
-                self._cond.wait(left)
+                if deadline.expired:
+                    raise AssertionError(f"no command published within {deadline}")
+                self._cond.wait(deadline.left())
 
     def events_for(self, cid: str, agents, timeout: float) -> dict[str, dict]:
         """agent -> its first result event for command `cid`, waiting until every agent
         in `agents` has one or `timeout` passes (then the missing ones are absent)."""
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout)
         want = set(agents)
         with self._cond:
             while True:
@@ -318,10 +312,9 @@ class Wire:
                 for ev in self.events:
                     if ev.get("id") == cid and ev.get("agent") in want and ev["agent"] not in got:
                         got[ev["agent"]] = ev
-                left = deadline - time.monotonic()
-                if len(got) == len(want) or left <= 0:
+                if len(got) == len(want) or deadline.expired:
                     return got
-                self._cond.wait(left)
+                self._cond.wait(deadline.left())
 
     def publish(self, subject: str, body: bytes) -> int:
         """Into the stream; returns the stream sequence the broker stored it under."""
@@ -333,16 +326,15 @@ class Wire:
 
     def event(self, timeout: float = 20, **match) -> dict:
         """The first result event whose fields equal `match` (e.g. seq=7, agent="ep1")."""
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout)
         with self._cond:
             while True:
                 for ev in self.events:
                     if all(ev.get(k) == v for k, v in match.items()):
                         return ev
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"no result event {match} within {timeout}s; saw {self.events[-5:]}")
-                self._cond.wait(left)
+                if deadline.expired:
+                    raise AssertionError(f"no result event {match} within {deadline}; saw {self.events[-5:]}")
+                self._cond.wait(deadline.left())
 
     def consumer(self, durable: str) -> dict:
         """The broker's view of an agent's durable consumer: what is still unacked."""

@@ -106,15 +106,6 @@ class ConsoleStory:
             if "cordon" in a.nft_tables():
                 problems.append(f"a cordon table is still installed on {a.host} after release")
 
-    @staticmethod
-    def _wait_audit(agent, event, timeout: float = 30) -> None:
-        import time
-        deadline = time.monotonic() + timeout
-        while not agent.audit_events(event):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{agent.host}: no {event} within {timeout}s")
-            time.sleep(0.05)
-
     def _offline_release(self):
         def act(problems):
             self.broker.kill()    # no console at all: the token is checked on the host
@@ -129,7 +120,7 @@ class ConsoleStory:
                 problems.append(f"`cordon release --token` exited {p.returncode}: {p.stderr.strip()[:200]}")
             self.broker.start()
             for a in self.agents:   # back on the vendor channel before the next step
-                self._wait_audit(a, "console_reconnected")
+                a.wait_for_event("console_reconnected")
         return self._step("released (offline token)", "broker stopped; `cordon release` refused without a "
                           "token (exit 4); `cordon release --token` from `cordon-console release-token` works",
                           act, lambda m: m.release())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -16,7 +17,13 @@ import tempfile
 import time
 
 from . import netns
-from .lab import REPO_ROOT, load_factor
+from .errors import CordonWrong
+from .lab import REPO_ROOT
+from .verbs import Verbs
+from .waits import scaled, wait_until
+
+# DESIGN §2 (CLI): exit codes by name, for `fail(exit=...)`.
+EXIT_CODES = {"failure": 1, "invalid input": 2, "not running": 3, "not permitted": 4}
 
 
 class CliError(RuntimeError):
@@ -68,9 +75,19 @@ def default_config(lab, state_dir: str, control_socket: str, sensor_type: str = 
     }
 
 
-class AgentCommands:
-    """The CLI verbs over `self.cli(*args, check=)`, shared by the netns Agent and the VM
-    tier's GuestAgent (tests/vm/agent.py): only how `cli` runs `cordon` differs."""
+class AgentCommands(Verbs):
+    """The CLI verbs over `self.cli(*args, check=, timeout=)`, shared by the netns Agent and
+    the VM tier's GuestAgent (tests/vm/agent.py): only how `cli` runs `cordon` differs.
+    The asserting verbs (tests.harness.verbs) run `cordon ARGS`:
+    `agent.succeed("isolate")`, `agent.fail("release", exit="not permitted", match="token")`."""
+
+    EXIT_NAMES = EXIT_CODES
+
+    def _execute(self, args: tuple, timeout: float):
+        return self.cli(*args, check=False, timeout=timeout)
+
+    def _describe(self, args: tuple) -> str:
+        return shlex.join(["cordon", *args])
 
     def status(self) -> dict:
         """`cordon status --json`; also when the agent is down (exit 3 still prints JSON)."""
@@ -141,15 +158,18 @@ class Agent(AgentCommands):
         return self
 
     def wait_ready(self, timeout: float = 15) -> None:
-        deadline = time.monotonic() + timeout * load_factor()
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"agent exited with {self.proc.returncode}:\n{self.stderr_tail()}")
-            if self.cli("status", "--json", check=False).returncode == 0:
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"agent not ready after {timeout}s:\n{self.stderr_tail()}")
-            time.sleep(0.05)
+        """Until `cordon status` answers (exit 0); fails at once if the agent exits."""
+        try:
+            wait_until(lambda: self.cli("status", "--json", check=False).returncode == 0, timeout,
+                       "agent ready", abort=self.exit_reason, error=RuntimeError)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}\n{self.stderr_tail()}") from None
+
+    def exit_reason(self) -> str | None:
+        """Why the agent cannot answer any more (it exited), or None while it runs."""
+        if self.proc is not None and self.proc.poll() is not None:
+            return f"agent exited with {self.proc.returncode}"
+        return None
 
     @property
     def alive(self) -> bool:
@@ -160,9 +180,9 @@ class Agent(AgentCommands):
         return self.proc.pid if self.alive else None
 
     def kill(self, sig: int = signal.SIGKILL, timeout: float = 10) -> int:
-        """Signal the agent and wait for it to exit; returns its exit status."""
+        """Signal the agent and wait for it to exit (`timeout` x load); its exit status."""
         self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
+        return self.proc.wait(scaled(timeout))
 
     def restart(self, timeout: float = 15) -> "Agent":
         if self.alive:
@@ -186,10 +206,10 @@ class Agent(AgentCommands):
     # --- the CLI -------------------------------------------------------------------
     def cli(self, *args: str, check: bool = True, input: str | None = None,
             timeout: float = 30) -> subprocess.CompletedProcess:
-        """`cordon ARGS --config PATH` in the endpoint namespace."""
+        """`cordon ARGS --config PATH` in the endpoint namespace (`timeout` x load)."""
         argv = [*args, "--config", self.config_path]
         proc = subprocess.run(self.argv(*argv), env=self._env, cwd=REPO_ROOT, capture_output=True,
-                              text=True, input=input, timeout=timeout)
+                              text=True, input=input, timeout=scaled(timeout))
         if check and proc.returncode != 0:
             raise CliError(argv, proc)
         return proc
@@ -208,6 +228,18 @@ class Agent(AgentCommands):
         except FileNotFoundError:
             return []
         return [e for e in events if event is None or e.get("event") == event]
+
+    def wait_for_event(self, event: str, count: int = 1, timeout: float = 30) -> list[dict]:
+        """Until the audit log holds `count` `event`s (x load deadline); returns them all.
+        Fails at once if the agent exits meanwhile (it can write no more)."""
+        def enough():
+            evs = self.audit_events(event)
+            return evs if len(evs) >= count else None
+        try:
+            return wait_until(enough, timeout, f"{self.host}: audit event {event} x{count}",
+                              abort=self.exit_reason, error=CordonWrong)
+        except CordonWrong as exc:
+            raise CordonWrong(f"{exc}\n{self.stderr_tail()}") from None
 
     def nft_tables(self) -> str:
         """`nft list tables` in the endpoint: the independent view of what is installed."""

@@ -21,6 +21,7 @@ import tomllib
 from dataclasses import dataclass, field
 
 from .oracle import BROADCAST, DHCP_CLIENT, DHCP_SERVER, Rule, dhcp_allows, probe_verdict, protos  # noqa: F401 (re-exported)
+from .matrix import matrix
 from .probe import ALLOWED, Probe
 
 UNMENTIONED_CANDIDATES = (9, 8080, 2222, 4444, 31337)
@@ -152,23 +153,20 @@ def probe_set(lab, config: dict, policies=(), families=(4, 6), skip_ports=()) ->
     ports = mentioned_ports(config, policies)
     services = [(proto, port) for proto in ("tcp", "udp") for port in ports] + [("icmp", None)]
     peers = [h for h, spec in lab.hosts.items() if spec.attach == "router" and h != "endpoint"]
-    probes = []
-    for fam in families:
-        for peer in peers:
-            for proto, port in services:
-                probes.append(Probe("endpoint", peer, proto, port, fam))
-                probes.append(Probe(peer, "endpoint", proto, port, fam))
-        if "behind" in lab.hosts and "outside" in lab.hosts:
-            probes += [Probe("behind", "outside", proto, port, fam) for proto, port in
-                       (("tcp", ports[0]), ("udp", ports[0]), ("icmp", None))]
+    forward = []
+    if "behind" in lab.hosts and "outside" in lab.hosts:
+        forward = [("behind", "outside", proto, port) for proto, port in
+                   (("tcp", ports[0]), ("udp", ports[0]), ("icmp", None))]
     # "An outbound flow never lets the peer connect in", also from the allowed port.
     dport = _unmentioned(rules)[0]
+    from_allowed_port = []
     for r in rules:
         if r.direction != "out" or not r.ports:
             continue
         for peer in peers:
             if ipaddress.ip_address(lab.addr(peer, 4)) in r.network:
                 for proto in sorted(r.protos - {"icmp"}):
-                    probes.append(Probe(peer, "endpoint", proto, dport, 4, sport=r.ports[0][0]))
+                    from_allowed_port.append(Probe(peer, "endpoint", proto, dport, 4, sport=r.ports[0][0]))
     skip = set(skip_ports)
-    return [p for p in dict.fromkeys(probes) if p.port not in skip and p.sport not in skip]
+    return [p for p in matrix(peers, services, families, forward=forward, extra=from_allowed_port)
+            if p.port not in skip and p.sport not in skip]

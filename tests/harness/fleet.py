@@ -91,7 +91,6 @@ def start_agents(lab, console, fabric, specs, batch: int = 8, timeout: float = 6
     at a time (a Python agent's start is CPU-bound: staggered, the fleet comes up faster
     than all at once on 2 cores), each waited for until its consumers are in place."""
     from .driver import Agent
-    from .lab import load_factor
     agents = []
     for i in range(0, len(specs), batch):
         group = [Agent(lab, config=console.agent_config(aid, sensor), host=fabric.add(aid))
@@ -100,7 +99,7 @@ def start_agents(lab, console, fabric, specs, batch: int = 8, timeout: float = 6
         for a in group:
             a.launch()
         for a in group:
-            console.wait_subscribed(a, timeout=timeout * load_factor())
+            console.wait_subscribed(a, timeout=timeout)
         if say:
             say(f"  {len(agents)}/{len(specs)} agents subscribed")
     return agents

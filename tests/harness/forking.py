@@ -11,9 +11,9 @@ import traceback
 INHERITED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def in_child(fn) -> int:
-    """fn() in a forked child; its int return value is the exit status (70 when it raised).
-    The parent waits for it and returns that status."""
+def start_child(fn) -> int:
+    """fn() in a forked child, not waited for: its pid. Its int return value is the exit
+    status (70 when it raised); the caller reaps it (os.waitpid) by that pid."""
     pid = os.fork()
     if pid == 0:
         status = 70
@@ -25,4 +25,9 @@ def in_child(fn) -> int:
             traceback.print_exc(file=sys.stderr)
         finally:
             os._exit(status)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    return pid
+
+
+def in_child(fn) -> int:
+    """fn() in a forked child (start_child); waits for it and returns its exit status."""
+    return os.waitstatus_to_exitcode(os.waitpid(start_child(fn), 0)[1])

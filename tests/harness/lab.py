@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 from . import netns
 from .errors import HarnessError
+from .verbs import Verbs
+from .waits import Deadline, load_factor, scaled, wait_until  # noqa: F401 (load_factor re-exported)
 
 PREFIX = "cdn-"
 TMP_PREFIX = "cdn-harness-"  # run directories (control sockets, agent state) in $TMPDIR
@@ -247,26 +249,21 @@ class Lab:
                 netns.exec_argv(self.ns(name), sys.executable, "-m", "tests.harness.responder",
                                 "--ctl", self.ctl_path(name), "--ports", ports),
                 env=env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 15 * load_factor()
         for name, proc in self._responders.items():
-            while self.control(name, "PING") != "PONG":
-                if proc.poll() is not None:
-                    raise HarnessError(f"responder on {name} exited with {proc.returncode}")
-                if time.monotonic() > deadline:
-                    raise HarnessError(f"responder on {name} did not come up")
-                time.sleep(0.02)
+            wait_until(lambda: self.control(name, "PING") == "PONG", 15, f"responder on {name} up",
+                       abort=lambda: proc.poll() is not None and f"it exited with {proc.returncode}")
 
     def _wait_reachable(self) -> None:
         from .probe import Probe, run_probes  # probe imports lab's types; avoid a cycle
         probes = [Probe("endpoint", h, "icmp", None, fam)
                   for h in self.hosts if h != "endpoint" for fam in (4, 6)]
         probes += [Probe("behind", "outside", "icmp", None, fam) for fam in (4, 6)]
-        deadline = time.monotonic() + 10 * load_factor()
+        deadline = Deadline(10)
         while True:
             bad = [r for r in run_probes(self, probes, timeout=1.0) if r.verdict != "ALLOWED"]
             if not bad:
                 return
-            if time.monotonic() > deadline:
+            if deadline.expired:
                 raise HarnessError("lab not reachable before isolation: " +
                                    "; ".join(f"{r.probe.label()}: {r.detail}" for r in bad))
             probes = [r.probe for r in bad]
@@ -304,6 +301,22 @@ class Lab:
         self.listen({p.port for p in probes if p.port})
         return run_probes(self, probes, timeout)
 
+    # --- asserting verbs (tests.harness.verbs, tests.harness.table) ----------------
+    def node(self, host: str) -> "Node":
+        """A host as a command runner: `lab.node("endpoint").succeed("nft", "list", "tables")`."""
+        return Node(self, host)
+
+    def expect_table(self, comparison):
+        """Raise (CordonWrong / HarnessError) with the printed table, replay commands
+        included, unless every cell of `comparison` is as expected."""
+        from .table import expect_table
+        return expect_table(comparison, self)
+
+    def expect_matrix(self, expected: dict, title: str = "", timeout: float = 1.0):
+        """Probe every probe of `expected` (probe -> verdict) and `expect_table` the result."""
+        from .table import Comparison
+        return self.expect_table(Comparison(expected, self.probe_all(list(expected), timeout), title))
+
     def kill_responder(self, host: str) -> None:
         proc = self._responders.pop(host)
         proc.kill()
@@ -335,7 +348,7 @@ class Lab:
                 _signal_group(p, signal.SIGTERM)
             for p in procs:
                 try:
-                    p.wait(timeout=2 * load_factor())
+                    p.wait(timeout=scaled(2))
                 except subprocess.TimeoutExpired:
                     _signal_group(p, signal.SIGKILL)
                     p.wait()
@@ -343,7 +356,7 @@ class Lab:
             self._responders.clear()
             self._extra.clear()
             for ns in self.namespaces:
-                left = _wait_empty(ns, 2 * load_factor())
+                left = _wait_empty(ns, 2)
                 if left:
                     strays[ns] = left
                 remove_namespace(ns)
@@ -380,14 +393,17 @@ class Lab:
         self._old_handlers.clear()
 
 
-def load_factor() -> float:
-    """How much slower than an idle 2-core machine this one is right now (>= 1): the
-    1-minute load average per CPU. Deadlines that guard against a hang scale with it."""
-    try:
-        per_cpu = os.getloadavg()[0] / (os.cpu_count() or 1)
-    except OSError:
-        return 1.0
-    return max(1.0, min(per_cpu, 8.0))
+class Node(Verbs):
+    """One lab host for the asserting verbs: commands run in its namespace."""
+
+    def __init__(self, lab: Lab, host: str) -> None:
+        self.lab, self.host = lab, host
+
+    def _execute(self, args: tuple, timeout: float) -> subprocess.CompletedProcess:
+        return netns.run_in(self.lab.ns(self.host), *args, check=False, timeout=timeout)
+
+    def _describe(self, args: tuple) -> str:
+        return f"{self.host}$ {shlex.join(args)}"
 
 
 def _signal_group(p: subprocess.Popen, sig: int) -> None:
@@ -405,10 +421,10 @@ def _describe(pid: int) -> str:
     return f"pid {pid} ({cmd[:80]})"
 
 
-def _wait_empty(ns: str, timeout: float) -> list[str]:
-    """Wait until no process is in `ns`; describe those still there after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while (pids := netns.pids_in(ns)) and time.monotonic() < deadline:
+def _wait_empty(ns: str, seconds: float) -> list[str]:
+    """Wait until no process is in `ns`; describe those still there after `seconds` x load."""
+    deadline = Deadline(seconds)
+    while (pids := netns.pids_in(ns)) and not deadline.expired:
         time.sleep(0.02)
     return [_describe(p) for p in pids]
 

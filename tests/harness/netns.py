@@ -12,6 +12,8 @@ import os
 import socket
 import subprocess
 
+from .waits import scaled
+
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"
 
@@ -43,7 +45,8 @@ def exec_argv(ns: str, *argv: str) -> list[str]:
 
 
 def run_in(ns: str, *argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
-    r = subprocess.run(exec_argv(ns, *argv), capture_output=True, text=True, timeout=timeout)
+    """`argv` in `ns`; `timeout`: seconds on an idle machine (a guard against a hang, x load)."""
+    r = subprocess.run(exec_argv(ns, *argv), capture_output=True, text=True, timeout=scaled(timeout))
     if check and r.returncode != 0:
         raise RuntimeError(f"in {ns}: {' '.join(argv)}: {r.stderr.strip() or r.returncode}")
     return r

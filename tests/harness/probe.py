@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass, field
 
 from . import netns
+from .errors import HarnessError
+from .waits import scaled, wait_until
 
 ALLOWED, BLOCKED, ERROR = "ALLOWED", "BLOCKED", "ERROR"
 SYMBOL = {ALLOWED: ".", BLOCKED: "X", ERROR: "!"}
@@ -225,10 +227,9 @@ async def probe_many(lab, probes, timeout: float = 1.0, concurrency: int = 256) 
 
 def run_probes(lab, probes, timeout: float = 1.0, concurrency: int = 256) -> list[Result]:
     """Run a batch of probes concurrently; results in the order of `probes`. `timeout` is
-    for an idle machine and scales with the load (lab.load_factor): a busy machine delays
+    for an idle machine and scales with the load (waits.scaled): a busy machine delays
     the responders, and a slow echo must not read as a blocked or lost flow."""
-    from .lab import load_factor
-    return asyncio.run(probe_many(lab, list(probes), timeout * load_factor(), concurrency))
+    return asyncio.run(probe_many(lab, list(probes), scaled(timeout), concurrency))
 
 
 def probe(lab, src: str, dst: str, proto: str, port: int | None = None, family: int = 4,
@@ -273,10 +274,9 @@ class ProbeLoop:
     def __init__(self, lab, must_pass=(), must_block=(), interval: float = 0.05,
                  timeout: float | None = None) -> None:
         # A round trip slower than this counts as a loss. 0.5 s on an idle machine (below
-        # TCP's 1 s SYN retransmit, so a dropped SYN is not hidden), scaled with the load:
-        # a busy machine delays the responder, not the firewall's verdict.
-        from .lab import load_factor
-        timeout = 0.5 * load_factor() if timeout is None else timeout
+        # TCP's 1 s SYN retransmit, so a dropped SYN is not hidden), scaled with the load
+        # (so is a `timeout` given): a busy machine delays the responder, not the verdict.
+        timeout = scaled(0.5 if timeout is None else timeout)
         self.lab, self.interval, self.timeout = lab, interval, timeout
         self.must_pass, self.must_block = list(must_pass), list(must_block)
         self.report = LoopReport()
@@ -325,9 +325,17 @@ class ProbeLoop:
 
     def start(self) -> "ProbeLoop":
         self._thread.start()
-        deadline = time.monotonic() + 30  # guards a hang; the event is the first round
-        while self.report.rounds < 1 and time.monotonic() < deadline:
-            time.sleep(0.005)
+        self.wait_rounds(1)
+        return self
+
+    def wait_rounds(self, n: int, seconds: float = 30) -> "ProbeLoop":
+        """Until the loop has started `n` more rounds (instead of sleeping so it can
+        watch): every probe of the loop has been sent that often since this call."""
+        target = self.report.rounds + n
+        wait_until(lambda: self.report.rounds >= target or not self._thread.is_alive(), seconds,
+                   f"probe loop: {n} rounds", step=0.005)
+        if not self._thread.is_alive() and not self._stop.is_set():
+            raise HarnessError("the probe loop's thread died")
         return self
 
     def stop(self) -> LoopReport:
@@ -353,13 +361,14 @@ class Session:
         af = socket.AF_INET if family == 4 else socket.AF_INET6
         kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
         self.sock = netns.socket_in(lab.ns(src), af, kind)
-        self.sock.settimeout(timeout)
+        self.sock.settimeout(scaled(timeout))
         self.sock.connect(_sockaddr(lab.addr(dst, family), port, family))
         if not self.exchange():
             raise RuntimeError(f"session {src}->{dst} {proto}/{port} v{family} does not pass")
 
     def exchange(self, timeout: float = 1.0) -> bool:
-        self.sock.settimeout(timeout)
+        """A fresh nonce over the open flow; True if it came back within `timeout` x load."""
+        self.sock.settimeout(scaled(timeout))
         nonce = new_nonce().encode()
         try:
             self.sock.sendall(nonce + b"\n")

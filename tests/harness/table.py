@@ -7,7 +7,9 @@ import json
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-from .probe import SYMBOL, Probe, Result
+from .errors import CordonWrong, HarnessError
+from .probe import ERROR, SYMBOL, Probe, Result
+from .verbs import log, section
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,22 @@ class Comparison:
                 **({"replay": replay_command(lab, r.probe)} if lab is not None else {}),
             } for r in self.rows],
         }
+
+
+def expect_table(comparison: Comparison, lab=None) -> Comparison:
+    """The asserting check of a whole matrix: returns `comparison` if every cell is as
+    expected, else raises with the full printed table (expected vs observed, each wrong
+    cell's direction and replay command). `CordonWrong` if any cell was ALLOWED or
+    BLOCKED against the expectation (a leak or a loss); `HarnessError` if the only wrong
+    cells are ERROR (the lab could not tell)."""
+    with section(f"expect_table: {comparison.title or 'matrix'} ({len(comparison.rows)} probes)"):
+        if not comparison.mismatches:
+            return comparison
+        text = comparison.render(lab)
+        log.info("%s", text)
+        if all(r.result.verdict == ERROR for r in comparison.mismatches):
+            raise HarnessError(f"the lab could not tell (ERROR cells):\n{text}")
+        raise CordonWrong(text)
 
 
 def junit_xml(comparisons: list[Comparison], lab=None, suite: str = "cordon-reachability") -> str:

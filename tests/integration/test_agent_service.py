@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 
 import pytest
 
 from agent import client
 from agent.errors import NotPermitted
+from tests.control_client import send_raw
 from tests.harness.demo import POLICY_V1
 from tests.harness.lab import REPO_ROOT
 from tests.users import NOBODY, as_user
@@ -54,30 +54,6 @@ def test_non_root_reads_status_but_cannot_change_anything(lab, agent):
     assert {e.get("caller_uid") for e in rejected} == {NOBODY} and len(rejected) == 3
 
 
-def _send(path: str, data: bytes) -> bytes:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(15)
-    s.connect(path)
-    try:
-        try:
-            s.sendall(data)
-            s.shutdown(socket.SHUT_WR)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        out = b""
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            out += chunk
-        return out
-    finally:
-        s.close()
-
-
 @pytest.mark.parametrize("data", [
     os.urandom(8192),
     b'{"v": 1, "cmd": "isolate", "args": {"str',
@@ -86,7 +62,7 @@ def _send(path: str, data: bytes) -> bytes:
     b'{"v": 1, "cmd": "policy_set", "args": {"policy": {"version": 1, "enabled": true, "outbound": [{"protocol": "tcp", "address": "0.0.0.0/0", "ports": "any"}]}}}\n',
 ], ids=["random", "truncated", "10MB", "unknown", "hostile-policy"])
 def test_garbage_gets_an_error_and_the_agent_keeps_answering(lab, agent, data):
-    reply = _send(agent.config["control_socket"], data)
+    reply = send_raw(agent.config["control_socket"], data)
     # DESIGN 7: any input gets an error reply that names the problem; never silence.
     assert reply, "the agent closed the connection without an error reply"
     assert json.loads(reply.splitlines()[0])["ok"] is False

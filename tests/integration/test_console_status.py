@@ -11,20 +11,15 @@ from datetime import timedelta
 import pytest
 
 from agent.channel import wire as fmt
-from tests.harness.lab import load_factor
+from tests.harness.errors import CordonWrong
+from tests.harness.waits import wait_until
 from tests.integration.console_fixtures import agents, broker, channel_tuple, console, lab, wire  # noqa: F401
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
 def _until(what, check, timeout=30):
-    deadline = time.monotonic() + timeout * load_factor()
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"not {what} within {timeout}s x load"
-        time.sleep(0.1)
+    return wait_until(check, timeout, what, step=0.1, error=CordonWrong)
 
 
 def _second(t: float) -> str:

@@ -8,11 +8,11 @@ agent's isolation. Then the node comes back and `release all` completes."""
 from __future__ import annotations
 
 import collections
-import time
 
 import pytest
 
-from tests.harness.lab import load_factor
+from tests.harness.errors import CordonWrong
+from tests.harness.waits import scaled, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -33,14 +33,6 @@ def _applied(agent, cid: str) -> list[dict]:
     return [e for e in agent.audit_events("console_command_applied") if e.get("command_id") == cid]
 
 
-def _wait(what, cond, timeout: float):
-    deadline = time.monotonic() + timeout * load_factor()
-    while not (got := cond()):
-        assert time.monotonic() < deadline, f"{what}: not within {timeout}s (x{load_factor():.1f} load)"
-        time.sleep(0.05)
-    return got
-
-
 def _settled(w, agents, durable_suffix: str, seq: int) -> None:
     """The broker's record: every agent's consumer acked up to `seq`, nothing left unacked."""
     def ok():
@@ -49,7 +41,7 @@ def _settled(w, agents, durable_suffix: str, seq: int) -> None:
             if c["ack_floor"] < seq or c["num_ack_pending"] or c["num_pending"]:
                 return False
         return True
-    _wait("every consumer acked", ok, 60)
+    wait_until(ok, 60, "every consumer acked", error=CordonWrong)
 
 
 def test_node_killed_during_isolate_all_loses_nothing_and_applies_once(fleet):
@@ -64,15 +56,15 @@ def test_node_killed_during_isolate_all_loses_nothing_and_applies_once(fleet):
                                 for a in agents)
     victim = next(i for i, n in enumerate(cluster.nodes) if f"{n.address}:{n.port}" == nodes.most_common(1)[0][0])
 
-    cli = console.popen("isolate", "all", "--reason", "IR-fleet", timeout=60 * load_factor())
-    cid, _ = w.command_seen(timeout=30 * load_factor())
+    cli = console.popen("isolate", "all", "--reason", "IR-fleet", timeout=scaled(60))
+    cid, _ = w.command_seen(timeout=30)
     cluster.kill(victim)                                   # while the command is in flight
-    out, err = cli.communicate(timeout=120 * load_factor())
+    out, err = cli.communicate(timeout=scaled(120))
 
-    evs = w.events_for(cid, ids, timeout=60 * load_factor())
+    evs = w.events_for(cid, ids, timeout=60)
     for a in agents:
         aid = a.config["console"]["agent_id"]
-        _wait(f"{aid} applied {cid}", lambda: _applied(a, cid), 60)
+        wait_until(lambda: _applied(a, cid), 60, f"{aid} applied {cid}", error=CordonWrong)
         st = a.status()
         assert (st["state"], st["reason"], st["backend"]["enforcing"]) == ("isolated", "IR-fleet", True), (aid, st)
     # the broker's ack record, not the console's summary
@@ -91,7 +83,7 @@ def test_node_killed_during_isolate_all_loses_nothing_and_applies_once(fleet):
 
     cluster.restart(victim)
     cluster.ready()
-    p = console.run("release", "all", timeout=60 * load_factor(), wait=180 * load_factor())
+    p = console.run("release", "all", timeout=scaled(60), wait=180)
     assert p.returncode == 0, f"release all exited {p.returncode}:\n{p.stdout}\n{p.stderr}"
     rid = p.stdout.split()[1]   # `release <id> -> all`
     for a in agents:

@@ -11,12 +11,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
 from tests.harness import ALLOWED, BLOCKED, ERROR, Lab, Probe, ProbeLoop, Session, sweep
-from tests.harness.lab import REPO_ROOT, load_factor
+from tests.harness.lab import REPO_ROOT
+from tests.harness.matrix import BEHIND_OUT, matrix
+from tests.harness.waits import scaled
 from tests.harness.netns import list_namespaces
 from tests.harness.table import Comparison, junit_xml
 
@@ -52,15 +53,7 @@ def nft(lab, host: str, ruleset: str) -> None:
 
 
 def _probes() -> list[Probe]:
-    ps = []
-    for fam in (4, 6):
-        for peer in PEERS:
-            for proto, port in SERVICES:
-                ps.append(Probe("endpoint", peer, proto, port, fam))
-                ps.append(Probe(peer, "endpoint", proto, port, fam))
-        ps.append(Probe("behind", "outside", "tcp", 443, fam))
-        ps.append(Probe("behind", "outside", "icmp", None, fam))
-    return ps
+    return matrix(PEERS, SERVICES, forward=BEHIND_OUT)
 
 
 def _meant(p: Probe) -> str:
@@ -126,10 +119,10 @@ def test_probe_loop_sees_a_leak_and_a_loss(lab):
     allowed = Probe("endpoint", "vendor", "tcp", 443, 4)
     must_block = Probe("endpoint", "outside", "udp", 53, 4)
     with ProbeLoop(lab, must_pass=[allowed], must_block=[must_block], interval=0.05) as loop:
-        time.sleep(0.3)
+        loop.wait_rounds(5)
         nft(lab, "endpoint", "table ip t { chain o { type filter hook output priority 0; "
                                          "tcp dport 443 drop; }\n}")
-        time.sleep(0.8)
+        loop.wait_rounds(15)
     rep = loop.report
     assert rep.rounds >= 5
     assert rep.leaks and all(p == must_block for _, p, _ in rep.leaks)  # nothing blocks it: leaks
@@ -225,7 +218,7 @@ def test_signal_tears_down(sig, inherited):
     not depend on it). The wait is a guard against a hang, scaled with the load."""
     with _held_lab(inherited) as (p, runid):
         p.send_signal(sig)
-        assert p.wait(timeout=60 * load_factor()) in (-sig, 128 + sig)
+        assert p.wait(timeout=scaled(60)) in (-sig, 128 + sig)
     assert _ours(runid) == []
 
 

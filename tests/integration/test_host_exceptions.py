@@ -17,7 +17,9 @@ import pytest
 from agent.fields import format_utc
 from tests.harness.dnsserver import write_zone
 from tests.harness.driver import Agent, default_config
+from tests.harness.errors import CordonWrong
 from tests.harness.lab import REPO_ROOT, load_factor
+from tests.harness.waits import wait_for_clock, wait_until
 from tests.harness.probe import ALLOWED, BLOCKED, Probe
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -45,14 +47,7 @@ class Dns:
 
 
 def _poll(cond, seconds: float, what: str):
-    deadline = time.monotonic() + seconds * load_factor()
-    while True:
-        got = cond()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(what)
-        time.sleep(0.1)
+    return wait_until(cond, seconds, what, step=0.1, error=CordonWrong)
 
 
 def _verdicts(lab, probes) -> dict:
@@ -214,8 +209,7 @@ def test_expires_at_ends_the_exception_at_its_time(lab, dns, agent_dies):
         assert agent.status()["exceptions"]["expiring"][0]["expires_at"] == expires_at
         if agent_dies:
             agent.kill()
-        while time.time() < ends + 1.0:  # the contract: stopped within 1 s of its time
-            time.sleep(0.05)
+        wait_for_clock(ends + 1.0)  # the contract: stopped within 1 s of its time
         assert _verdicts(lab, [probe, vendor]) == {probe: BLOCKED, vendor: ALLOWED}
         if not agent_dies:
             [event] = _poll(lambda: agent.audit_events("exception_expired"), 10, "no exception_expired event")

@@ -3,7 +3,6 @@ flow allowed by both and never passes one allowed by neither."""
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
@@ -32,7 +31,8 @@ def test_switching_plans_has_no_window(lab, nft_backend):
             plan = b if i % 2 == 0 else a
             nft_backend.apply(plan)
             assert nft_backend.read_back().enforces(plan)
-            time.sleep(0.25)
+            passing.wait_rounds(10)   # both loops probe between every two switches
+            blocking.wait_rounds(1)
     assert passing.report.rounds >= 100, passing.report.summary()
     assert blocking.report.rounds >= 5, blocking.report.summary()
     assert passing.report.clean, passing.report.summary()

@@ -10,6 +10,7 @@ import pytest
 
 from tests.harness import Probe, Session
 from tests.integration.nft_fixtures import nft_backend  # noqa: F401  (fixture)
+from tests.harness.matrix import matrix
 from tests.harness.oracle import plan_verdict
 from tests.integration.nft_plans import nft, plan_a
 
@@ -21,37 +22,21 @@ SERVICES = (("tcp", 443), ("tcp", 53), ("udp", 53), ("tcp", 8080), ("udp", 8080)
             ("tcp", 3389), ("tcp", 22), ("icmp", None))
 
 
+# The forward path: a container/VM behind the endpoint, both ways.
+FORWARD = (("behind", "outside", "tcp", 443), ("behind", "vendor", "tcp", 443),
+           ("behind", "outside", "icmp", None), ("outside", "behind", "tcp", 22))
+
+
 def matrix_probes() -> list[Probe]:
-    probes = []
-    for peer in PEERS:
-        for fam in (4, 6):
-            for proto, port in SERVICES:
-                probes.append(Probe("endpoint", peer, proto, port, fam))
-                probes.append(Probe(peer, "endpoint", proto, port, fam))
     # The outbound-only RMM peer tries to connect in from the exception's port (8080).
-    probes += [Probe("rmm", "endpoint", "tcp", p, 4, sport=8080) for p in (22, 3389, 8080)]
-    probes += [Probe("rmm", "endpoint", "udp", 53, 4, sport=8080)]
-    # The forward path: a container/VM behind the endpoint, both ways.
-    for fam in (4, 6):
-        probes += [Probe("behind", "outside", "tcp", 443, fam),
-                   Probe("behind", "vendor", "tcp", 443, fam),
-                   Probe("behind", "outside", "icmp", None, fam),
-                   Probe("outside", "behind", "tcp", 22, fam)]
-    return probes
-
-
-def expected(lab, plan, p: Probe) -> str:
-    return plan_verdict(lab, plan, p)
+    from_exception_port = [Probe("rmm", "endpoint", "tcp", p, 4, sport=8080) for p in (22, 3389, 8080)]
+    from_exception_port += [Probe("rmm", "endpoint", "udp", 53, 4, sport=8080)]
+    return matrix(PEERS, SERVICES, forward=FORWARD, extra=from_exception_port)
 
 
 def check_matrix(lab, plan, phase: str) -> dict:
-    probes = matrix_probes()
-    results = lab.probe_all(probes, timeout=1.0)
-    wrong = [f"{phase}: {r.probe.label()}: expected {expected(lab, plan, r.probe)}, "
-             f"got {r.verdict} ({r.detail})"
-             for r in results if r.verdict != expected(lab, plan, r.probe)]
-    assert not wrong, "\n".join(wrong)
-    return {r.probe: r.verdict for r in results}
+    cmp = lab.expect_matrix({p: plan_verdict(lab, plan, p) for p in matrix_probes()}, phase)
+    return {r.probe: r.result.verdict for r in cmp.rows}
 
 
 def test_matrix_before_during_after(lab, nft_backend):

@@ -16,7 +16,9 @@ import time
 import pytest
 
 from tests.harness import ALLOWED, BLOCKED, netns
+from tests.harness.errors import HarnessError
 from tests.harness.lab import load_factor
+from tests.harness.waits import wait_until
 from tests.integration.nft_fixtures import nft_backend  # noqa: F401  (fixture)
 from tests.integration.nft_plans import plan_a
 
@@ -69,11 +71,11 @@ def _vm_paths(lab, vm: str) -> dict:
 def _await_open(fn, what: str) -> dict:
     """Poll (load-scaled deadline) until every path of `fn()` is open; a fresh bridge
     port needs a moment to forward."""
-    deadline = time.monotonic() + 10 * load_factor()
-    while not all((seen := fn()).values()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} must be open while normal, or this test proves nothing: {seen}")
-    return seen
+    def all_open():
+        seen = fn()
+        return seen if all(seen.values()) else None
+    return wait_until(all_open, 10, f"{what} must be open while normal, or this test proves nothing",
+                      error=HarnessError)
 
 
 @pytest.mark.parametrize("nf_call", [0, 1], ids=["bridge-nf-call=0", "bridge-nf-call=1"])

@@ -13,6 +13,7 @@ import pytest
 
 from platforms.base import BackendError
 from tests.harness import ALLOWED, BLOCKED, Probe
+from tests.harness.waits import scaled
 from tests.integration.nft_fixtures import nft_backend  # noqa: F401  (fixture)
 from tests.integration.nft_plans import (nft, nft_json_table, owner_flag, plan_a, plan_b,
                                          plan_to_json, repo_env)
@@ -27,9 +28,7 @@ ENFORCED = {Probe("endpoint", "vendor", "tcp", 443, 4): ALLOWED,
 
 
 def assert_enforcing(lab, when: str) -> None:
-    got = {r.probe: r.verdict for r in lab.probe_all(list(ENFORCED))}
-    wrong = [f"{when}: {p.label()} {got[p]} != {v}" for p, v in ENFORCED.items() if got[p] != v]
-    assert not wrong, wrong
+    lab.expect_matrix(ENFORCED, when)
 
 
 def start_holder(lab, plan):
@@ -51,11 +50,10 @@ def test_owner_blocks_tamper_and_table_survives_sigkill(lab, nft_backend):
     assert_enforcing(lab, "applied")
     before = nft_json_table(ns)
 
+    endpoint = lab.node("endpoint")
     nft(ns, "flush", "ruleset", check=False)
-    deleted = nft(ns, "delete", "table", "inet", "cordon", check=False)
-    flushed = nft(ns, "flush", "chain", "inet", "cordon", "input", check=False)
-    assert deleted.returncode != 0 and "Operation not permitted" in deleted.stderr
-    assert flushed.returncode != 0
+    endpoint.fail("nft", "delete", "table", "inet", "cordon", exit=1, match="Operation not permitted")
+    endpoint.fail("nft", "flush", "chain", "inet", "cordon", "input", exit=1, match="Operation not permitted")
     assert nft_json_table(ns) == before
     assert_enforcing(lab, "after nft flush/delete")
 
@@ -70,7 +68,7 @@ def test_owner_blocks_tamper_and_table_survives_sigkill(lab, nft_backend):
     assert nft_json_table(ns) == before
 
     holder.send_signal(signal.SIGKILL)
-    holder.wait(timeout=5)
+    holder.wait(timeout=scaled(5))
     assert nft_json_table(ns) is not None, "table vanished with its owner"
     assert not owner_flag(ns)
     assert_enforcing(lab, "after SIGKILL of the owner")
@@ -82,5 +80,5 @@ def test_owner_blocks_tamper_and_table_survives_sigkill(lab, nft_backend):
     rb = nft_backend.read_back()
     assert rb.details["owned_by_this_process"] and rb.enforces(plan)
     assert owner_flag(ns)
-    assert nft(ns, "delete", "table", "inet", "cordon", check=False).returncode != 0
+    endpoint.fail("nft", "delete", "table", "inet", "cordon", exit=1, match="Operation not permitted")
     assert_enforcing(lab, "adopted")

@@ -19,9 +19,11 @@ import pytest
 
 from platforms.plan import Flow, Plan, PortRange
 from tests.harness import ALLOWED, BLOCKED, Probe, ProbeLoop, Session
-from tests.harness.lab import REPO_ROOT, load_factor
+from tests.harness.errors import CordonWrong
+from tests.harness.lab import REPO_ROOT
+from tests.harness.matrix import BEHIND_OUT, matrix as probe_matrix
 from tests.harness.oracle import plan_verdict
-from tests.harness.table import Comparison
+from tests.harness.waits import wait_until
 
 pytestmark = pytest.mark.root
 
@@ -55,17 +57,11 @@ def expected(lab, plan: Plan | None, p: Probe) -> str:
 
 
 def matrix() -> list[Probe]:
-    ps = []
-    for fam in (4, 6):
-        for peer in PEERS:
-            for proto, port in SERVICES:
-                ps.append(Probe("endpoint", peer, proto, port, fam))
-                ps.append(Probe(peer, "endpoint", proto, port, fam))
-        ps += [Probe("behind", "outside", "tcp", 443, fam), Probe("behind", "outside", "icmp", None, fam)]
     # the exception's / vendor's own ports as source ports: still no way in
-    ps += [Probe("rmm", "endpoint", "tcp", 22, 4, sport=443), Probe("rmm", "endpoint", "udp", 3389, 4, sport=4444),
-           Probe("vendor", "endpoint", "tcp", 3389, 4, sport=443)]
-    return ps
+    from_allowed_ports = [Probe("rmm", "endpoint", "tcp", 22, 4, sport=443),
+                          Probe("rmm", "endpoint", "udp", 3389, 4, sport=4444),
+                          Probe("vendor", "endpoint", "tcp", 3389, 4, sport=443)]
+    return probe_matrix(PEERS, SERVICES, forward=BEHIND_OUT, extra=from_allowed_ports)
 
 
 class Agent:
@@ -103,11 +99,7 @@ def agent(lab):
 
 
 def check(lab, plan, title):
-    probes = matrix()
-    cmp = Comparison({p: expected(lab, plan, p) for p in probes}, lab.probe_all(probes), title)
-    text = cmp.render(lab)
-    print(text)
-    assert not cmp.mismatches, text
+    lab.expect_matrix({p: expected(lab, plan, p) for p in matrix()}, title)
 
 
 def test_matrix_before_during_after(lab, agent):
@@ -141,9 +133,9 @@ def test_atomic_switch_a_to_b_under_probe_loop(lab, agent):
                Probe("endpoint", "vendor", "tcp", 443, 6), Probe("behind", "outside", "tcp", 443, 4)]
     with ProbeLoop(lab, must_pass=both, must_block=neither, interval=0.02, timeout=0.3) as loop:
         for plan in (PLAN_B, PLAN_A, PLAN_B, PLAN_A, PLAN_B):
-            time.sleep(0.5)
+            loop.wait_rounds(25)
             agent.apply(plan)  # each switch falls inside probe rounds
-        time.sleep(0.5)
+        loop.wait_rounds(25)
     assert loop.report.rounds >= 6
     assert loop.report.clean, loop.report.summary()
     check(lab, PLAN_B, "after A->B")
@@ -186,10 +178,7 @@ def test_200_exceptions_per_direction(lab, agent):
               Probe("outside", "endpoint", "tcp", 3389, 4), Probe("endpoint", "vendor", "tcp", 443, 4),
               Probe("endpoint", "dns", "udp", 53, 4), Probe("endpoint", "rmm", "tcp", 443, 6),
               Probe("rmm", "endpoint", "tcp", 22, 4, sport=443)]
-    cmp = Comparison({p: expected(lab, plan, p) for p in probes}, lab.probe_all(probes), "200+200")
-    text = cmp.render(lab)
-    print(text)
-    assert not cmp.mismatches, text
+    lab.expect_matrix({p: expected(lab, plan, p) for p in probes}, "200+200")
 
 
 def test_read_back_and_honest_crash_semantics(lab, agent):
@@ -209,9 +198,8 @@ def test_read_back_and_honest_crash_semantics(lab, agent):
     # depends on the live agent.
     agent.proc.send_signal(signal.SIGKILL)
     agent.proc.wait()
-    deadline = time.monotonic() + 10 * load_factor()  # guards a hang; the event is the probe
-    while lab.probe("endpoint", "outside", "tcp", 443).verdict != ALLOWED:
-        assert time.monotonic() < deadline, "isolation still in force 10 s after the agent died"
+    wait_until(lambda: lab.probe("endpoint", "outside", "tcp", 443).verdict == ALLOWED, 10,
+               "isolation lifted after the agent died (eBPFDivert's 3 s heartbeat)", error=CordonWrong)
 
 
 def _tc_programs(lab, dev: str, hook: str) -> str:

@@ -1,24 +1,15 @@
 """Issue 14 / DESIGN §7: the control channel under abuse by local unprivileged users.
 Real Unix socket, real peer credentials, real uids (tests.users); in-memory firewall."""
-import json
 import os
-import shutil
-import socket
 import statistics
-import tempfile
 import threading
 import time
 
 import pytest
 
-from agent import client, protocol
-from agent.config import parse_config
-from agent.engine import Engine
+from agent import client
 from agent.errors import InvalidInput
-from agent.log import null_logger
-from agent.server import ControlServer
-from agent.store import Store
-from tests.unit.memory_backend import MemoryBackend
+from tests.control_client import abusers, exchange, memory_agent, request
 from tests.users import NOBODY, as_user
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to another uid")
@@ -26,45 +17,8 @@ root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch t
 
 @pytest.fixture
 def agent(tmp_path):
-    run_dir = tempfile.mkdtemp(prefix="cordon-abuse-")
-    os.chmod(run_dir, 0o755)
-    config = parse_config({"state_dir": str(tmp_path / "state"), "control_socket": f"{run_dir}/c.sock",
-                           "vendor": {"endpoints": [{"address": "198.51.100.10", "protocol": "tcp", "ports": "443"}]}})
-    backend = MemoryBackend()
-    engine = Engine(config, Store(config.state_dir), backend, null_logger())
-    engine.start()
-    server = ControlServer(config.control_socket, engine, null_logger())
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield config.control_socket, engine, backend
-    server.close()
-    shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def exchange(path, data: bytes, timeout=30) -> dict:
-    """Send `data`, read one reply line; a reset or silence fails the test."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    s.connect(path)
-    try:
-        try:
-            s.sendall(data)
-            s.shutdown(socket.SHUT_WR)
-        except BrokenPipeError:
-            pass  # the agent answered early and stopped reading; the reply is queued
-        buf = b""
-        while b"\n" not in buf:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    finally:
-        s.close()
-    assert buf.endswith(b"\n"), f"no reply line, got {buf[:200]!r}"
-    return json.loads(buf)
-
-
-def request(cmd, args=None, **extra):
-    return protocol.encode({"v": 1, "cmd": cmd, "args": args or {}, **extra})
+    with memory_agent(tmp_path / "state", prefix="cordon-abuse-") as served:
+        yield served
 
 
 @pytest.mark.parametrize("data, code, field", [
@@ -141,68 +95,12 @@ def test_200_concurrent_status_clients_get_ok_or_busy_never_a_reset(agent):
     assert outcomes.count("ok") > 0
 
 
-def _hold_idle(path, n, ready, release):
-    socks = []
-    for _ in range(n):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.connect(path)
-        socks.append(s)
-    os.write(ready, b"x")
-    os.read(release, 1)
-    return 0
-
-
-def _flood(path, n, ready, release):
-    """n connections, each dribbling one byte every 0.2 s (defeats a per-recv timeout)."""
-    socks = []
-    for _ in range(n):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.connect(path)
-        socks.append(s)
-    os.write(ready, b"x")
-    os.set_blocking(release, False)
-    while True:
-        try:
-            if os.read(release, 1):
-                return 0
-        except BlockingIOError:
-            pass
-        for i, s in enumerate(socks):
-            try:
-                s.send(b" ")
-            except OSError:  # cut by the agent: reconnect and keep at it
-                s.close()
-                socks[i] = s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                try:
-                    s.connect(path)
-                except OSError:
-                    pass
-        time.sleep(0.2)
-
-
 @root_only
 @pytest.mark.parametrize("n", [20, 64])
 def test_idle_and_flooding_unprivileged_clients_cannot_stop_root(agent, n):
     path, engine, backend = agent
     os.chmod(path, 0o666)
-    pipes, pids = [], []
-    for target in (_hold_idle, _flood):
-        ready_r, ready_w = os.pipe()
-        rel_r, rel_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            code = 99
-            try:
-                os.setgroups([])
-                os.setresgid(NOBODY, NOBODY, NOBODY)
-                os.setresuid(NOBODY, NOBODY, NOBODY)
-                code = target(path, n, ready_w, rel_r)
-            finally:
-                os._exit(code)
-        pids.append(pid)
-        pipes.append(rel_w)
-        assert os.read(ready_r, 1) == b"x"
-    try:
+    with abusers(path, n, NOBODY):
         latencies = []
         for i in range(6):
             t0 = time.monotonic()
@@ -216,11 +114,6 @@ def test_idle_and_flooding_unprivileged_clients_cannot_stop_root(agent, n):
             assert client.call(path, "status")["state"] == st["state"]
         print(f"root latency with {n} idle + {n} flooding uid {NOBODY} clients: "
               f"median {statistics.median(latencies) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms")
-    finally:
-        for w in pipes:
-            os.write(w, b"x")
-        for pid in pids:
-            os.waitpid(pid, 0)
 
 
 @root_only

@@ -2,21 +2,14 @@
 is the in-memory backend (the nftables path is covered by the integration tests)."""
 import json
 import os
-import shutil
 import socket
-import tempfile
 import threading
 
 import pytest
 
 from agent import client
-from agent.config import parse_config
-from agent.engine import Engine
 from agent.errors import InvalidInput, NotPermitted
-from agent.log import null_logger
-from agent.server import ControlServer
-from agent.store import Store
-from tests.unit.memory_backend import MemoryBackend
+from tests.control_client import exchange, memory_agent, send_raw
 from tests.users import NOBODY, as_user
 
 POLICY = {"version": 2, "enabled": True, "outbound": [{"protocol": "tcp", "address": "203.0.113.20", "ports": "any"}]}
@@ -24,34 +17,8 @@ POLICY = {"version": 2, "enabled": True, "outbound": [{"protocol": "tcp", "addre
 
 @pytest.fixture
 def agent(tmp_path):
-    run_dir = tempfile.mkdtemp(prefix="cordon-test-")  # reachable by other users, like /run/cordon
-    os.chmod(run_dir, 0o755)
-    config = parse_config({"state_dir": str(tmp_path / "state"), "control_socket": f"{run_dir}/c.sock",
-                           "vendor": {"endpoints": [{"address": "198.51.100.10", "protocol": "tcp", "ports": "443"}]}})
-    backend = MemoryBackend()
-    engine = Engine(config, Store(config.state_dir), backend, null_logger())
-    engine.start()
-    server = ControlServer(config.control_socket, engine, null_logger())
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield config.control_socket, engine, backend
-    server.close()
-    shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def raw(path, data: bytes, shut=True) -> dict:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(10)
-    s.connect(path)
-    try:
-        s.sendall(data)
-        if shut:
-            s.shutdown(socket.SHUT_WR)
-        buf = b""
-        while chunk := s.recv(65536):
-            buf += chunk
-    finally:
-        s.close()
-    return json.loads(buf)
+    with memory_agent(tmp_path / "state") as served:  # its socket reachable by other users, like /run/cordon
+        yield served
 
 
 def test_round_trip(agent):
@@ -78,7 +45,7 @@ def test_round_trip(agent):
 ])
 def test_garbage_gets_an_error_and_changes_nothing(agent, data, code):
     path, engine, backend = agent
-    reply = raw(path, data)
+    reply = exchange(path, data)
     assert reply["ok"] is False and reply["error"]["code"] == code
     assert backend.installed is None and engine.state.state == "normal"
     assert client.call(path, "status")["state"] == "normal"
@@ -86,26 +53,11 @@ def test_garbage_gets_an_error_and_changes_nothing(agent, data, code):
 
 def test_ten_megabytes_is_refused(agent):
     path, *_ = agent
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(path)
-    try:
-        sent = 0
-        block = b"x" * 65536
-        try:
-            while sent < 10 * 1024 * 1024:
-                s.sendall(block)
-                sent += len(block)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the agent stopped reading: fine, but it must still say why
-        try:
-            reply = s.recv(65536)
-        except ConnectionResetError:
-            reply = b""
-        # DESIGN 7: oversized input gets an error reply; never a silent drop.
-        assert reply, "the agent dropped a 10 MB request without an error reply"
-        assert json.loads(reply)["error"]["code"] == "bad_request"
-    finally:
-        s.close()
+    # The agent may stop reading early: fine, but it must still say why.
+    reply = send_raw(path, b"x" * (10 * 1024 * 1024), shut=False)
+    # DESIGN 7: oversized input gets an error reply; never a silent drop.
+    assert reply, "the agent dropped a 10 MB request without an error reply"
+    assert json.loads(reply)["error"]["code"] == "bad_request"
     assert client.call(path, "status")["state"] == "normal"
 
 

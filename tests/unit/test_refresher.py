@@ -8,6 +8,7 @@ from agent.engine import Engine
 from agent.refresher import Refresher
 from agent.store import Store
 from platforms.plan import HostAddresses
+from tests.harness.waits import wait_for_clock
 from tests.unit.memory_backend import MemoryBackend
 
 NAME = "rmm.example.com"
@@ -50,8 +51,7 @@ def test_names_resolve_before_isolating_and_follow_a_change(tmp_path):
     current["a"] = ("203.0.113.21", "203.0.113.22")
     r = Refresher(e)
     assert r.next_due() is not None and r.next_due() <= time.time() + 1
-    while time.time() < r.next_due():
-        time.sleep(0.02)
+    wait_for_clock(r.next_due())
     assert r.refresh() is True
     assert exception_atoms(e) == {("out", "tcp", f"203.0.113.{i}/32", 443, 443) for i in (21, 22)}
     assert e.status()["exceptions"]["hosts"][0]["addresses"] == ["203.0.113.21", "203.0.113.22"]
@@ -80,8 +80,7 @@ def test_expiry_drops_the_exception_logs_it_once_and_is_not_tamper(tmp_path):
     dhcp, atoms = e.backend.installed
     e.backend.installed = (dhcp, frozenset(a for a in atoms if a[2] != "203.0.113.5/32"))
     assert e.reconcile() is False and not log.of("tamper_detected")
-    while time.time() < ends:
-        time.sleep(0.02)
+    wait_for_clock(ends)
     r = Refresher(e)
     r.refresh()
     r.refresh()
