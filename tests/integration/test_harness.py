@@ -135,8 +135,7 @@ def test_probe_loop_is_not_clean_when_a_receiver_cannot_answer(lab):
     lab.kill_responder("outside")
     must_block = Probe("endpoint", "outside", "tcp", 443, 4)
     with ProbeLoop(lab, must_block=[must_block], interval=0.05) as loop:
-        while loop.report.rounds < 5:
-            time.sleep(0.05)
+        loop.wait_rounds(5)
     rep = loop.report
     assert not rep.clean and not rep.leaks and rep.unknown, rep.summary()
     assert all(p == must_block for _, p, _ in rep.unknown)
