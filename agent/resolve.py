@@ -12,12 +12,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import dns.exception
-import dns.flags
-import dns.name
-import dns.rdatatype
-import dns.resolver
-
 from agent.fields import parse_address
 from platforms.plan import HostAddresses
 
@@ -33,6 +27,12 @@ def resolve(host: str, servers: tuple[str, ...], min_ttl: int = 30, now=time.tim
     """One name → its addresses (or the reason it allows nothing)."""
     if not servers:
         return HostAddresses(host, error="no [vendor].dns_servers configured")
+    # Imported here, not at the top: dnspython costs ~2.7 MB of RSS that an agent whose
+    # policy names no host never needs (DESIGN's 45 MB budget).
+    import dns.exception
+    import dns.name
+    import dns.rdatatype
+    import dns.resolver
     r = dns.resolver.Resolver(configure=False)  # never /etc/resolv.conf: only the pinned resolvers
     r.nameservers = list(servers)
     r.port = port
