@@ -36,16 +36,21 @@ class Commands:
 
     def handle(self, subject: str, body: bytes, seq: int | None, redelivered: bool = False) -> dict:
         """Verify and apply one channel message; always returns the result event.
-        `redelivered`: the broker delivers this stream message again (its ack was lost,
-        e.g. with a cluster node). If its id is already used, this agent applied it (only
-        applied commands and local tokens are remembered): nothing is applied again and
-        the event says `applied`, code `duplicate` — not a replay, the same message."""
+        `redelivered`: the broker says it delivers this stream message again (its ack was
+        lost, e.g. with a cluster node). A used id is the same message, not a replay, when
+        the broker says so or when its stream sequence is not past the last applied one
+        (a replay is published anew, so it is stored after the original): a consumer
+        whose leader moved to another node may have lost its delivery count and hand out
+        an applied message as a first delivery. Only applied commands and local tokens
+        are remembered, so nothing is applied again; the event says `applied`, code
+        `duplicate`."""
         broadcast = subject == wire.command_subject(wire.ALL)
         cid = None
         try:
             cmd = self.open(body)
             cid = cmd["id"] if isinstance(cmd.get("id"), str) and len(cmd["id"]) <= 128 else None
-            if redelivered and cid and self.guard.seen(cid):
+            again = redelivered or (seq is not None and seq <= self.guard.applied_seq)
+            if again and cid and self.guard.seen(cid):
                 self.log.info("console_command_redelivered", command_id=cid, seq=seq, subject=subject)
                 return self._event(cid, seq, "applied", "duplicate", "already applied; the broker delivered it again",
                                    self.engine.status())

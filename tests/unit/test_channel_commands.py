@@ -59,6 +59,20 @@ def test_a_redelivered_applied_command_is_a_duplicate_not_applied_again(cmds):
     assert cmds.engine.state.state == "normal"
 
 
+def test_an_applied_message_handed_out_as_a_first_delivery_is_a_duplicate(cmds):
+    """A cluster node killed while a command is in flight: the consumer's new leader had
+    not got the delivery count, so the broker hands the applied message out again with
+    num_delivered 1. Same id, same stream sequence: the same message, not a replay and
+    not "superseded" (the CI failure of stop 24)."""
+    body = _body(agent="all", args={"reason": "IR"})
+    assert cmds.handle("cordon.v1.cmd.all", body, 1)["outcome"] == "applied"
+    dup = cmds.handle("cordon.v1.cmd.all", body, 1, redelivered=False)
+    assert (dup["outcome"], dup["code"]) == ("applied", "duplicate")
+    assert cmds.engine.state.reason == "IR"
+    replay = cmds.handle("cordon.v1.cmd.all", body, 2)            # published again: stored later
+    assert (replay["outcome"], replay["code"]) == ("rejected", "not_permitted") and "already used" in replay["reason"]
+
+
 def test_an_older_command_after_a_newer_one_is_refused_and_changes_nothing(cmds):
     """Stream order (DESIGN §10): "release all" stored at 5, "isolate ep1" at 6. Once 6 is
     applied, 5 delivered late (a reset consumer, a redelivery) would undo it: refused."""
