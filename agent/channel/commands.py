@@ -49,12 +49,12 @@ class Commands:
         try:
             cmd = self.open(body)
             cid = cmd["id"] if isinstance(cmd.get("id"), str) and len(cmd["id"]) <= 128 else None
-            again = redelivered or (seq is not None and seq <= self.guard.applied_seq)
-            if again and cid and self.guard.seen(cid):
+            behind = seq is not None and seq <= self.guard.applied_seq
+            if (redelivered or behind) and cid and self.guard.seen(cid):
                 self.log.info("console_command_redelivered", command_id=cid, seq=seq, subject=subject)
                 return self._event(cid, seq, "applied", "duplicate", "already applied; the broker delivered it again",
                                    self.engine.status())
-            if seq is not None and seq <= self.guard.applied_seq:
+            if behind:
                 raise Rejected("not_permitted", f"seq {seq}: superseded, the command at stream sequence "
                                f"{self.guard.applied_seq} is newer and already applied")
             c = self.check(cmd, broadcast=broadcast)
