@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from . import netns
 from .errors import HarnessError
+from .first_table import FirstTable
 from .waits import scaled, wait_until
 
 ALLOWED, BLOCKED, ERROR = "ALLOWED", "BLOCKED", "ERROR"
@@ -247,6 +248,11 @@ class LoopReport:
     # (seconds, Probe, detail): a blocked flow whose receiver could not say whether the
     # nonce arrived; silence is not a verdict, so the report is not clean
     unknown: list = field(default_factory=list)
+    # (seconds, Probe, detail): an allowed exchange sent while the namespace had no table
+    # yet, lost once the first one came (its reply has no conntrack state: first_table.py).
+    # Shown, not counted as a loss.
+    crossed: list = field(default_factory=list)
+    first_table: float | None = None  # seconds into the loop when the first table came
 
     @property
     def clean(self) -> bool:
@@ -254,10 +260,13 @@ class LoopReport:
 
     def summary(self) -> str:
         lines = [f"{self.rounds} rounds, {len(self.leaks)} leaks, {len(self.losses)} losses, "
-                 f"{len(self.unknown)} unknown"]
+                 f"{len(self.unknown)} unknown"
+                 + (f", {len(self.crossed)} sent before the first table (+{self.first_table:.3f}s) and "
+                    "lost with it (no conntrack state for their replies)" if self.crossed else "")]
         lines += [f"  LEAK +{t:.3f}s {p.label()}: {d}" for t, p, d in self.leaks[:20]]
         lines += [f"  LOSS +{t:.3f}s {p.label()}: {d}" for t, p, d in self.losses[:20]]
         lines += [f"  UNKNOWN +{t:.3f}s {p.label()}: {d}" for t, p, d in self.unknown[:20]]
+        lines += [f"  CROSSED +{t:.3f}s {p.label()}: {d}" for t, p, d in self.crossed[:20]]
         return "\n".join(lines)
 
 
@@ -272,7 +281,7 @@ class ProbeLoop:
     """
 
     def __init__(self, lab, must_pass=(), must_block=(), interval: float = 0.05,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, first_table_in: str | None = None) -> None:
         # A round trip slower than this counts as a loss. 0.5 s on an idle machine (below
         # TCP's 1 s SYN retransmit, so a dropped SYN is not hidden), scaled with the load
         # (so is a `timeout` given): a busy machine delays the responder, not the verdict.
@@ -280,11 +289,19 @@ class ProbeLoop:
         self.lab, self.interval, self.timeout = lab, interval, timeout
         self.must_pass, self.must_block = list(must_pass), list(must_block)
         self.report = LoopReport()
+        # `first_table_in`: a lab host with no nftables table yet, whose first table this
+        # transition brings (normal -> isolated). Allowed exchanges sent before that table
+        # came and lost are reported as crossed, not as losses (first_table.py says why).
+        self._first_table_in = first_table_in
+        self._first: FirstTable | None = None
+        self._sent: dict[int, float] = {}  # id(loss entry) -> seconds into the loop when sent
+        self._t0 = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
 
     async def _one(self, p: Probe, t0: float, should_pass: bool) -> None:
         nonce = new_nonce()
+        sent = time.monotonic() - t0
         try:
             fail = await round_trip(self.lab.ns(p.src), self.lab.addr(p.dst, p.family), p.proto,
                                     p.port, p.family, nonce, self.timeout, p.sport)
@@ -292,7 +309,9 @@ class ProbeLoop:
             fail = f"probe not sent: {e}"
         t = time.monotonic() - t0
         if should_pass and fail:
-            self.report.losses.append((t, p, fail))
+            entry = (t, p, fail)
+            self._sent[id(entry)] = sent
+            self.report.losses.append(entry)
         elif not should_pass:
             if fail is None:
                 self.report.leaks.append((t, p, "round trip"))
@@ -313,7 +332,7 @@ class ProbeLoop:
         await asyncio.gather(*attempts)
 
     async def _main(self) -> None:
-        t0 = time.monotonic()
+        t0 = self._t0
         tasks = [self._repeat(p, t0, True) for p in self.must_pass]
         tasks += [self._repeat(p, t0, False) for p in self.must_block]
 
@@ -324,6 +343,9 @@ class ProbeLoop:
         await asyncio.gather(count_rounds(), *tasks)
 
     def start(self) -> "ProbeLoop":
+        if self._first_table_in:
+            self._first = FirstTable(self.lab.ns(self._first_table_in))
+        self._t0 = time.monotonic()
         self._thread.start()
         self.wait_rounds(1)
         return self
@@ -338,9 +360,23 @@ class ProbeLoop:
             raise HarnessError("the probe loop's thread died")
         return self
 
+    def elapsed(self) -> float:
+        """Seconds since the loop started (the clock of its report's times)."""
+        return time.monotonic() - self._t0
+
     def stop(self) -> LoopReport:
         self._stop.set()
         self._thread.join()
+        if self._first is not None:
+            self._first.close()
+            if self._first.at is not None:
+                rep, first = self.report, self._first.at - self._t0
+                rep.first_table = first
+                # Sent before the first table and still waiting when it came.
+                crossed = lambda x: self._sent[id(x)] < first <= x[0]
+                rep.crossed = [x for x in rep.losses if crossed(x)]
+                rep.losses = [x for x in rep.losses if not crossed(x)]
+            self._first = None
         return self.report
 
     def __enter__(self) -> "ProbeLoop":

@@ -144,12 +144,16 @@ def _transition(tr: dict | None) -> str:
     if not tr:
         return ""
     leaks, losses, unknown = tr.get("leaks") or [], tr.get("losses") or [], tr.get("unknown") or []
+    crossed = tr.get("crossed") or []
     head = (f'<p>during the transition: {e(tr.get("rounds"))} rounds, '
             f'<span class="{"bad" if leaks else "good"}">{len(leaks)} leaks</span>, '
             f'<span class="{"bad" if losses else "good"}">{len(losses)} losses</span>'
-            + (f', <span class="bad">{len(unknown)} unknown</span>' if unknown else "") + '</p>')
+            + (f', <span class="bad">{len(unknown)} unknown</span>' if unknown else "")
+            + (f', {len(crossed)} sent before the first table (+{e(tr.get("first_table"))}s) and lost with '
+               'it: no conntrack state for their replies' if crossed else "") + '</p>')
     items = [f'<li class="bad">{kind} +{e(x.get("at"))}s {e(x.get("probe"))}: {e(x.get("detail"))}</li>'
              for kind, xs in (("LEAK", leaks), ("LOSS", losses), ("UNKNOWN", unknown)) for x in xs]
+    items += [f'<li>CROSSED +{e(x.get("at"))}s {e(x.get("probe"))}: {e(x.get("detail"))}</li>' for x in crossed]
     return head + (f'<ul class="transition">{"".join(items)}</ul>' if items else "")
 
 

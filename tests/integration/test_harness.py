@@ -17,7 +17,7 @@ import pytest
 from tests.harness import ALLOWED, BLOCKED, ERROR, Lab, Probe, ProbeLoop, Session, sweep
 from tests.harness.lab import REPO_ROOT
 from tests.harness.matrix import BEHIND_OUT, matrix
-from tests.harness.waits import scaled
+from tests.harness.waits import scaled, wait_until
 from tests.harness.netns import list_namespaces
 from tests.harness.table import Comparison, junit_xml
 
@@ -127,6 +127,60 @@ def test_probe_loop_sees_a_leak_and_a_loss(lab):
     assert rep.rounds >= 5
     assert rep.leaks and all(p == must_block for _, p, _ in rep.leaks)  # nothing blocks it: leaks
     assert rep.losses and all(p == allowed for _, p, _ in rep.losses)
+
+
+SLOW_ECHO = textwrap.dedent("""
+    import asyncio, sys
+
+    class Echo(asyncio.DatagramProtocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def datagram_received(self, data, peer):
+            asyncio.get_running_loop().call_later(0.3, self.transport.sendto, data, peer)
+
+    async def main():
+        await asyncio.get_running_loop().create_datagram_endpoint(Echo, local_addr=("0.0.0.0", int(sys.argv[1])))
+        await asyncio.Event().wait()
+    asyncio.run(main())
+""")
+
+
+def test_probe_loop_tells_exchanges_crossing_the_first_table_from_losses(lab):
+    """The kernel starts tracking connections in a namespace with its first ruleset that
+    uses conntrack: a UDP request sent before it gets a reply with no state (`ct state
+    new` from the peer). Shown here with an echo that answers 0.3 s late, so exchanges
+    are in flight when the first table comes: those are `crossed`, exchanges sent after
+    it pass, and a later drop of the flow is a loss again."""
+    port = 5999
+    echo = lab.spawn("vendor", sys.executable, "-c", SLOW_ECHO, str(port))
+    flow = Probe("endpoint", "vendor", "udp", port, 4)
+    try:
+        wait_until(lambda: lab.probe("endpoint", "vendor", "udp", port).verdict == ALLOWED, 10, "the slow echo answers")
+        with ProbeLoop(lab, must_pass=[flow], interval=0.05, timeout=1.0, first_table_in="endpoint") as loop:
+            loop.wait_rounds(10)
+            nft(lab, "endpoint", "table inet t { chain i { type filter hook input priority 0; "
+                                 f"udp sport {port} ct state new drop; }}\n}}")
+            loop.wait_rounds(40)
+            dropped_at = loop.elapsed()
+            nft(lab, "endpoint", "table ip t2 { chain o { type filter hook output priority 0; "
+                                 f"udp dport {port} drop; }}\n}}")
+            loop.wait_rounds(20)
+    finally:
+        echo.kill()
+        echo.wait()
+    rep = loop.report
+    assert rep.first_table is not None and 0 < rep.first_table < dropped_at, rep.summary()
+    assert rep.crossed, rep.summary()  # the kernel fact this classification rests on
+    assert all(t > rep.first_table for t, _, _ in rep.crossed), rep.summary()
+    assert rep.losses and all(t > dropped_at for t, _, _ in rep.losses), rep.summary()
+
+
+def test_probe_loop_refuses_a_first_table_that_is_already_there(lab):
+    nft(lab, "endpoint", "table inet t { chain i { type filter hook input priority 0; }\n}")
+    with pytest.raises(Exception, match="already has nftables tables"):
+        ProbeLoop(lab, must_pass=[Probe("endpoint", "vendor", "tcp", 443, 4)],
+                  first_table_in="endpoint").start()
 
 
 def test_probe_loop_is_not_clean_when_a_receiver_cannot_answer(lab):
