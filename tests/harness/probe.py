@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from . import netns
 from .errors import HarnessError
-from .first_table import FirstTable
+from .first_rule import FirstRule
 from .waits import scaled, wait_until
 
 ALLOWED, BLOCKED, ERROR = "ALLOWED", "BLOCKED", "ERROR"
@@ -248,11 +248,11 @@ class LoopReport:
     # (seconds, Probe, detail): a blocked flow whose receiver could not say whether the
     # nonce arrived; silence is not a verdict, so the report is not clean
     unknown: list = field(default_factory=list)
-    # (seconds, Probe, detail): an allowed exchange sent while the namespace had no table
-    # yet, lost once the first one came (its reply has no conntrack state: first_table.py).
+    # (seconds, Probe, detail): an allowed exchange sent while the namespace had no rule
+    # yet, lost once the first ones came (its reply has no conntrack state: first_rule.py).
     # Shown, not counted as a loss.
     crossed: list = field(default_factory=list)
-    first_table: float | None = None  # seconds into the loop when the first table came
+    first_rule: float | None = None  # seconds into the loop when the first rule came
 
     @property
     def clean(self) -> bool:
@@ -261,7 +261,7 @@ class LoopReport:
     def summary(self) -> str:
         lines = [f"{self.rounds} rounds, {len(self.leaks)} leaks, {len(self.losses)} losses, "
                  f"{len(self.unknown)} unknown"
-                 + (f", {len(self.crossed)} sent before the first table (+{self.first_table:.3f}s) and "
+                 + (f", {len(self.crossed)} sent before the first rule (+{self.first_rule:.3f}s) and "
                     "lost with it (no conntrack state for their replies)" if self.crossed else "")]
         lines += [f"  LEAK +{t:.3f}s {p.label()}: {d}" for t, p, d in self.leaks[:20]]
         lines += [f"  LOSS +{t:.3f}s {p.label()}: {d}" for t, p, d in self.losses[:20]]
@@ -281,7 +281,7 @@ class ProbeLoop:
     """
 
     def __init__(self, lab, must_pass=(), must_block=(), interval: float = 0.05,
-                 timeout: float | None = None, first_table_in: str | None = None) -> None:
+                 timeout: float | None = None, first_rule_in: str | None = None) -> None:
         # A round trip slower than this counts as a loss. 0.5 s on an idle machine (below
         # TCP's 1 s SYN retransmit, so a dropped SYN is not hidden), scaled with the load
         # (so is a `timeout` given): a busy machine delays the responder, not the verdict.
@@ -289,11 +289,11 @@ class ProbeLoop:
         self.lab, self.interval, self.timeout = lab, interval, timeout
         self.must_pass, self.must_block = list(must_pass), list(must_block)
         self.report = LoopReport()
-        # `first_table_in`: a lab host with no nftables table yet, whose first table this
-        # transition brings (normal -> isolated). Allowed exchanges sent before that table
-        # came and lost are reported as crossed, not as losses (first_table.py says why).
-        self._first_table_in = first_table_in
-        self._first: FirstTable | None = None
+        # `first_rule_in`: a lab host with no nftables table yet, whose first rules this
+        # transition brings (normal -> isolated). Allowed exchanges sent before the first
+        # rule came and lost are reported as crossed, not as losses (first_rule.py says why).
+        self._first_rule_in = first_rule_in
+        self._first: FirstRule | None = None
         self._sent: dict[int, float] = {}  # id(loss entry) -> seconds into the loop when sent
         self._t0 = 0.0
         self._stop = threading.Event()
@@ -343,8 +343,8 @@ class ProbeLoop:
         await asyncio.gather(count_rounds(), *tasks)
 
     def start(self) -> "ProbeLoop":
-        if self._first_table_in:
-            self._first = FirstTable(self.lab.ns(self._first_table_in))
+        if self._first_rule_in:
+            self._first = FirstRule(self.lab.ns(self._first_rule_in))
         self._t0 = time.monotonic()
         self._thread.start()
         self.wait_rounds(1)
@@ -371,8 +371,8 @@ class ProbeLoop:
             self._first.close()
             if self._first.at is not None:
                 rep, first = self.report, self._first.at - self._t0
-                rep.first_table = first
-                # Sent before the first table and still waiting when it came.
+                rep.first_rule = first
+                # Sent before the first rule and still waiting when it came.
                 crossed = lambda x: self._sent[id(x)] < first <= x[0]
                 rep.crossed = [x for x in rep.losses if crossed(x)]
                 rep.losses = [x for x in rep.losses if not crossed(x)]

@@ -20,7 +20,7 @@ def _loop_json(loop) -> dict | None:
             "losses": [{"at": round(t, 3), "probe": p.label(), "detail": d} for t, p, d in loop.losses],
             "unknown": [{"at": round(t, 3), "probe": p.label(), "detail": d} for t, p, d in loop.unknown],
             "crossed": [{"at": round(t, 3), "probe": p.label(), "detail": d} for t, p, d in loop.crossed],
-            "first_table": None if loop.first_table is None else round(loop.first_table, 3)}
+            "first_rule": None if loop.first_rule is None else round(loop.first_rule, 3)}
 
 
 def versions(status: dict | None, model=None, config: dict | None = None) -> dict:

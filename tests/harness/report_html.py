@@ -149,7 +149,7 @@ def _transition(tr: dict | None) -> str:
             f'<span class="{"bad" if leaks else "good"}">{len(leaks)} leaks</span>, '
             f'<span class="{"bad" if losses else "good"}">{len(losses)} losses</span>'
             + (f', <span class="bad">{len(unknown)} unknown</span>' if unknown else "")
-            + (f', {len(crossed)} sent before the first table (+{e(tr.get("first_table"))}s) and lost with '
+            + (f', {len(crossed)} sent before the first rule (+{e(tr.get("first_rule"))}s) and lost with '
                'it: no conntrack state for their replies' if crossed else "") + '</p>')
     items = [f'<li class="bad">{kind} +{e(x.get("at"))}s {e(x.get("probe"))}: {e(x.get("detail"))}</li>'
              for kind, xs in (("LEAK", leaks), ("LOSS", losses), ("UNKNOWN", unknown)) for x in xs]

@@ -91,11 +91,11 @@ class Story:
         change(future)
         before, after = self.model.expected(self.lab, self.probes), future.expected(self.lab, self.probes)
         both = lambda v: [p for p in self.probes if before[p] == v and after[p] == v and not p.sport]
-        # From normal the endpoint has no table, so this step brings its first one and
-        # with it the start of connection tracking (first_table.py).
+        # From normal the endpoint has no table, so this step brings its first rules and
+        # with them the start of connection tracking (first_rule.py).
         first = self.agent.host if self.model.state == "normal" and future.state == "isolated" else None
         with ProbeLoop(self.lab, must_pass=_spread(both(ALLOWED)), must_block=_spread(both(BLOCKED)),
-                       first_table_in=first) as loop:
+                       first_rule_in=first) as loop:
             cli()
         self.model = future
         return self.check(title, explanation, loop.report, started=t0)

@@ -146,18 +146,18 @@ SLOW_ECHO = textwrap.dedent("""
 """)
 
 
-def test_probe_loop_tells_exchanges_crossing_the_first_table_from_losses(lab):
+def test_probe_loop_tells_exchanges_crossing_the_first_rule_from_losses(lab):
     """The kernel starts tracking connections in a namespace with its first ruleset that
     uses conntrack: a UDP request sent before it gets a reply with no state (`ct state
     new` from the peer). Shown here with an echo that answers 0.3 s late, so exchanges
-    are in flight when the first table comes: those are `crossed`, exchanges sent after
+    are in flight when the first rule comes: those are `crossed`, exchanges sent after
     it pass, and a later drop of the flow is a loss again."""
     port = 5999
     echo = lab.spawn("vendor", sys.executable, "-c", SLOW_ECHO, str(port))
     flow = Probe("endpoint", "vendor", "udp", port, 4)
     try:
         wait_until(lambda: lab.probe("endpoint", "vendor", "udp", port).verdict == ALLOWED, 10, "the slow echo answers")
-        with ProbeLoop(lab, must_pass=[flow], interval=0.05, timeout=1.0, first_table_in="endpoint") as loop:
+        with ProbeLoop(lab, must_pass=[flow], interval=0.05, timeout=1.0, first_rule_in="endpoint") as loop:
             loop.wait_rounds(10)
             nft(lab, "endpoint", "table inet t { chain i { type filter hook input priority 0; "
                                  f"udp sport {port} ct state new drop; }}\n}}")
@@ -170,17 +170,17 @@ def test_probe_loop_tells_exchanges_crossing_the_first_table_from_losses(lab):
         echo.kill()
         echo.wait()
     rep = loop.report
-    assert rep.first_table is not None and 0 < rep.first_table < dropped_at, rep.summary()
+    assert rep.first_rule is not None and 0 < rep.first_rule < dropped_at, rep.summary()
     assert rep.crossed, rep.summary()  # the kernel fact this classification rests on
-    assert all(t > rep.first_table for t, _, _ in rep.crossed), rep.summary()
+    assert all(t > rep.first_rule for t, _, _ in rep.crossed), rep.summary()
     assert rep.losses and all(t > dropped_at for t, _, _ in rep.losses), rep.summary()
 
 
-def test_probe_loop_refuses_a_first_table_that_is_already_there(lab):
+def test_probe_loop_refuses_a_namespace_that_has_a_table_already(lab):
     nft(lab, "endpoint", "table inet t { chain i { type filter hook input priority 0; }\n}")
     with pytest.raises(Exception, match="already has nftables tables"):
         ProbeLoop(lab, must_pass=[Probe("endpoint", "vendor", "tcp", 443, 4)],
-                  first_table_in="endpoint").start()
+                  first_rule_in="endpoint").start()
 
 
 def test_probe_loop_is_not_clean_when_a_receiver_cannot_answer(lab):
