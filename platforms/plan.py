@@ -68,9 +68,17 @@ class Flow:
     expires: float | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        ipaddress.ip_network(self.network)  # raises on nonsense
+        net = ipaddress.ip_network(self.network)  # raises on nonsense
         if self.protocol in ("icmp", "any") and self.ports:
             raise ValueError(f"{self.protocol} flow cannot carry ports")
+        # Kept from the parse above for renderers: re-parsing 20,000 networks in the
+        # apply path cost a 10,000-exception isolation 12 ms.
+        object.__setattr__(self, "_range", (int(net.network_address), int(net.broadcast_address)))
+
+    @property
+    def addr_range(self) -> tuple[int, int]:
+        """First and last address of `network`, as integers."""
+        return self._range
 
     @property
     def ip_network(self) -> ipaddress.IPv4Network:

@@ -55,13 +55,57 @@ class Ruleset:
         return {el: max(1, math.ceil((at - now) * 1000)) for el, at in self.expires.get(name, {}).items()}
 
 
+# Where a flow's boxes go: (direction, protocol) -> (set name, protocol number), and
+# the b range of a flow without ports (l4: every port; l3: icmp 1, any 0-255).
+_SET_OF = {(d, p): (f"{d}_l4", PROTO_NUM[p]) if p in ("tcp", "udp") else (f"{d}_l3", 0)
+           for d in ("in", "out") for p in ("tcp", "udp", "icmp", "any")}
+_NO_PORTS = {"tcp": (0, 65535), "udp": (0, 65535), "icmp": (1, 1), "any": (0, 255)}
+
+
 def build(plan: Plan) -> Ruleset:
-    # (set name, proto key) -> boxes (addr first, addr last, b first, b last), where b is
-    # the port range in an l4 set and the protocol range in an l3 set; with the expiry
-    # of each box where any flow expires (DESIGN §11).
-    timed = plan.timed_atoms() if any(f.expires is not None for f in plan.flows) else None
+    if any(f.expires is not None for f in plan.flows):
+        return _build_timed(plan)
+    # (direction, protocol) -> boxes (addr first, addr last, b first, b last), where b is
+    # the port range in an l4 set and the protocol range in an l3 set. Straight from the
+    # flows (what plan.atoms() holds, without building it): this is the apply path of
+    # 20,000-flow plans, so one dict lookup per flow and no intermediate tuples.
+    by_kind: dict[tuple[str, str], list] = {}
+    for f in plan.flows:
+        kind = (f.direction, f.protocol)
+        out = by_kind.get(kind)
+        if out is None:
+            out = by_kind[kind] = []
+        a0, a1 = f.addr_range
+        ports = f.ports
+        if len(ports) == 1:
+            p = ports[0]
+            out.append((a0, a1, p.first, p.last))
+        elif ports:
+            out += [(a0, a1, p.first, p.last) for p in ports]
+        else:
+            out.append((a0, a1) + _NO_PORTS[f.protocol])
     boxes: dict[tuple[str, int], list] = {}
-    for atom in (timed if timed is not None else plan.atoms()):
+    for kind, items in by_kind.items():
+        boxes.setdefault(_SET_OF[kind], []).extend(items)
+    elements = {name: [] for name in SET_FIELDS}
+    for (name, proto), items in boxes.items():
+        if name.endswith("_l4"):
+            pr = (proto, proto)
+            elements[name] += [((a0, a1), pr, (b0, b1)) for a0, a1, b0, b1 in disjoint(items)]
+        else:
+            elements[name] += [((a0, a1), (b0, b1)) for a0, a1, b0, b1 in disjoint(items)]
+    # One protocol per set is already in order (disjoint sorts): sorting it again is a
+    # single pass.
+    return Ruleset(plan.dhcp, {name: tuple(sorted(items)) for name, items in elements.items()}, {},
+                   plan.dhcp_servers)
+
+
+def _build_timed(plan: Plan) -> Ruleset:
+    """build() for a plan with flows that stop at a time (DESIGN §11): the boxes carry
+    their expiry, which becomes the kernel timeout of each element."""
+    timed = plan.timed_atoms()
+    boxes: dict[tuple[str, int], list] = {}
+    for atom, ends in timed.items():
         direction, proto, network, first, last = atom
         a0, a1 = _net_range(network)
         if proto == "tcp" or proto == "udp":
@@ -69,16 +113,11 @@ def build(plan: Plan) -> Ruleset:
                 (a0, a1, first, last) if first else (a0, a1, 0, 65535)
         else:
             key, box = (direction + "_l3", 0), (a0, a1, 1, 1) if proto == "icmp" else (a0, a1, 0, 255)
-        boxes.setdefault(key, []).append(box if timed is None else (box, timed[atom]))
+        boxes.setdefault(key, []).append((box, ends))
     elements = {name: [] for name in SET_FIELDS}
     expires: dict = {}
     for (name, proto), items in boxes.items():
         l4 = name.endswith("_l4")
-        if timed is None:
-            pr = (proto, proto)
-            elements[name] += [((a0, a1), pr, (b0, b1)) if l4 else ((a0, a1), (b0, b1))
-                               for a0, a1, b0, b1 in disjoint(items)]
-            continue
         for (a0, a1, b0, b1), ends in disjoint_timed(items):
             el = ((a0, a1), (proto, proto), (b0, b1)) if l4 else ((a0, a1), (b0, b1))
             elements[name].append(el)

@@ -61,6 +61,59 @@ def test_plan_becomes_set_elements():
     assert atoms_from_elements(els) == plan.atoms()
 
 
+_NET = st.tuples(st.integers(0, 15), st.sampled_from([28, 29, 30, 31, 32])).map(
+    lambda t: str(ipaddress.ip_network(f"203.0.113.{t[0]}/{t[1]}", strict=False)))
+_PORTS = st.lists(st.tuples(st.integers(1, 6), st.integers(0, 2)).map(lambda t: PortRange(t[0], t[0] + t[1])),
+                  max_size=2).map(tuple)
+_FLOW = st.one_of(
+    st.builds(lambda d, p, n, ports: Flow(d, p, n, ports), st.sampled_from(["in", "out"]),
+              st.sampled_from(["tcp", "udp"]), _NET, _PORTS),
+    st.builds(lambda d, p, n: Flow(d, p, n), st.sampled_from(["in", "out"]), st.sampled_from(["icmp", "any"]), _NET))
+
+
+def _allows(plan: Plan, direction: str, proto: int, addr: int, port: int) -> bool:
+    """DESIGN §1 read straight off the flows (ipaddress, no renderer code)."""
+    ip = ipaddress.IPv4Address(addr)
+    for f in plan.flows:
+        if f.direction != direction or ip not in ipaddress.ip_network(f.network):
+            continue
+        if f.protocol == "any" or f.protocol == "icmp" and proto == 1:
+            return True
+        if {"tcp": 6, "udp": 17}.get(f.protocol) == proto and (
+                not f.ports or any(r.first <= port <= r.last for r in f.ports)):
+            return True
+    return False
+
+
+def _in_elements(els: dict, direction: str, proto: int, addr: int, port: int) -> bool:
+    l4 = [el for el in els[f"{direction}_l4"] if el[0][0] <= addr <= el[0][1] and el[1][0] <= proto <= el[1][1]
+          and el[2][0] <= port <= el[2][1]] if proto in (6, 17) else []
+    l3 = [el for el in els[f"{direction}_l3"] if el[0][0] <= addr <= el[0][1] and el[1][0] <= proto <= el[1][1]]
+    return bool(l4 or l3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_FLOW, max_size=6))
+def test_set_elements_allow_exactly_what_the_flows_allow(flows):
+    """Every (direction, protocol, address, port) point of a small space: in the set
+    elements exactly when a flow allows it; and the timed path (a far expiry on every
+    flow) gives the same elements."""
+    plan = Plan("standard", tuple(flows))
+    els = build(plan).elements
+    base = _ip("203.0.113.0")
+    for direction in ("in", "out"):
+        for proto in (1, 6, 17, 47):
+            for addr in range(base - 1, base + 17):
+                for port in (0, 1, 2, 3, 4, 6, 7, 8, 9, 65535) if proto in (6, 17) else (0,):
+                    assert _in_elements(els, direction, proto, addr, port) == \
+                        _allows(plan, direction, proto, addr, port), (direction, proto, addr, port)
+    for items in els.values():
+        assert list(items) == sorted(items)
+    far = Plan("standard", tuple(Flow(f.direction, f.protocol, f.network, f.ports, expires=4e9) for f in flows))
+    timed = build(far)
+    assert timed.elements == els and all(t == 4e9 for v in timed.expires.values() for t in v.values())
+
+
 def test_a_32_inside_a_24_on_the_same_port_is_merged():
     plan = Plan("standard", (Flow("out", "tcp", "203.0.113.0/24", (PortRange(443, 443),)),
                              Flow("out", "tcp", "203.0.113.7/32", (PortRange(443, 443),))))
