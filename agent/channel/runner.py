@@ -163,6 +163,13 @@ class Channel:
                 deliver_policy=DeliverPolicy.NEW if broadcast else DeliverPolicy.ALL,
                 ack_wait=ACK_WAIT_S, max_ack_pending=1))   # one at a time: a queue in stream order
             subs[durable] = await js.pull_subscribe(subject, durable=durable, stream=wire.STREAM)
+        # In the fleet before saying so: a console that lists the fleet once this agent is
+        # subscribed must find it there (`isolate all` waits for the agents it lists).
+        # Under the status lock, as every put; the status loop retries if this one failed.
+        async with self._status_lock:
+            state = self.engine.state
+            if await self._put_status(kv):
+                self._reported = state
         self.log.info("console_subscribed", agent_id=self.agent_id, stream=wire.STREAM)
         tasks = [asyncio.create_task(self._consume(nc, js, subs)), asyncio.create_task(self._status_loop(kv))]
         stop = asyncio.create_task(self._stop.wait())

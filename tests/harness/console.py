@@ -316,6 +316,17 @@ class Wire:
                     return got
                 self._cond.wait(deadline.left())
 
+    def reported(self, agent_id: str) -> dict | None:
+        """The agent's entry in the fleet's status bucket, read from the broker now (None: none)."""
+        async def get():
+            from nats.js.errors import KeyNotFoundError
+            from agent.channel import wire
+            try:
+                return json.loads((await (await self.js.key_value(wire.STATUS_BUCKET)).get(agent_id)).value)
+            except KeyNotFoundError:
+                return None
+        return self.call(get())
+
     def publish(self, subject: str, body: bytes) -> int:
         """Into the stream; returns the stream sequence the broker stored it under."""
         async def pub():

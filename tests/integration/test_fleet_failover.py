@@ -47,6 +47,8 @@ def _settled(w, agents, durable_suffix: str, seq: int) -> None:
 def test_node_killed_during_isolate_all_loses_nothing_and_applies_once(fleet):
     lab, cluster, console, agents, w = fleet
     ids = [a.config["console"]["agent_id"] for a in agents]
+    # Subscribed means listed: `isolate all` targets the agents the fleet lists.
+    assert all(w.reported(aid) is not None for aid in ids), {aid: w.reported(aid) for aid in ids}
     ep1 = agents[0]
     assert lab.probe(ep1.host, "outside", "tcp", 80).verdict == "ALLOWED"   # before: open
 
