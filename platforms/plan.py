@@ -165,19 +165,6 @@ class Plan:
                       for h in d.get("hosts", ()))
         return cls(d["mode"], flows, d["dhcp"], d["policy_version"], hosts, tuple(d.get("dhcp_servers", ())))
 
-    def timed_atoms(self) -> dict[tuple[str, str, str, int, int], float | None]:
-        """atoms() with when each stops: the latest expiry of the flows behind it, None
-        (never) if any of them has none."""
-        out: dict = {}
-        for f in self.flows:
-            for p in f.ports or (None,):
-                atom = (f.direction, f.protocol, f.network, p.first if p else 0, p.last if p else 0)
-                if atom in out and (out[atom] is None or f.expires is None):
-                    out[atom] = None
-                else:
-                    out[atom] = f.expires if atom not in out else max(out[atom], f.expires)
-        return out
-
     def host_lines(self) -> list[str]:
         """'host NAME -> addresses (until TIME, TTL N s)' per host exception, for the
         text a backend renders (`cordon rules`)."""

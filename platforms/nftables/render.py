@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import socket
-import struct
 import time
 from dataclasses import dataclass, field
 
@@ -63,77 +61,43 @@ _NO_PORTS = {"tcp": (0, 65535), "udp": (0, 65535), "icmp": (1, 1), "any": (0, 25
 
 
 def build(plan: Plan) -> Ruleset:
-    if any(f.expires is not None for f in plan.flows):
-        return _build_timed(plan)
-    # (direction, protocol) -> boxes (addr first, addr last, b first, b last), where b is
-    # the port range in an l4 set and the protocol range in an l3 set. Straight from the
-    # flows (what plan.atoms() holds, without building it): this is the apply path of
-    # 20,000-flow plans, so one dict lookup per flow and no intermediate tuples.
-    by_kind: dict[tuple[str, str], list] = {}
+    # (set name, protocol number) -> boxes (addr first, addr last, b first, b last), where
+    # b is the port range in an l4 set and the protocol range in an l3 set; in a plan with
+    # flows that stop at a time (DESIGN §11), (box, when it stops or None) pairs.
+    # Straight from the flows: this is the apply path of 20,000-flow plans, so one dict
+    # lookup per flow and no intermediate tuples.
+    timed = any(f.expires is not None for f in plan.flows)
+    boxes: dict[tuple[str, int], list] = {}
     for f in plan.flows:
-        kind = (f.direction, f.protocol)
-        out = by_kind.get(kind)
+        key = _SET_OF[(f.direction, f.protocol)]
+        out = boxes.get(key)
         if out is None:
-            out = by_kind[kind] = []
+            out = boxes[key] = []
         a0, a1 = f.addr_range
         ports = f.ports
-        if len(ports) == 1:
+        if len(ports) == 1 and not timed:
             p = ports[0]
             out.append((a0, a1, p.first, p.last))
-        elif ports:
-            out += [(a0, a1, p.first, p.last) for p in ports]
-        else:
-            out.append((a0, a1) + _NO_PORTS[f.protocol])
-    boxes: dict[tuple[str, int], list] = {}
-    for kind, items in by_kind.items():
-        boxes.setdefault(_SET_OF[kind], []).extend(items)
-    elements = {name: [] for name in SET_FIELDS}
-    for (name, proto), items in boxes.items():
-        if name.endswith("_l4"):
-            pr = (proto, proto)
-            elements[name] += [((a0, a1), pr, (b0, b1)) for a0, a1, b0, b1 in disjoint(items)]
-        else:
-            elements[name] += [((a0, a1), (b0, b1)) for a0, a1, b0, b1 in disjoint(items)]
-    # One protocol per set is already in order (disjoint sorts): sorting it again is a
-    # single pass.
-    return Ruleset(plan.dhcp, {name: tuple(sorted(items)) for name, items in elements.items()}, {},
-                   plan.dhcp_servers)
-
-
-def _build_timed(plan: Plan) -> Ruleset:
-    """build() for a plan with flows that stop at a time (DESIGN §11): the boxes carry
-    their expiry, which becomes the kernel timeout of each element."""
-    timed = plan.timed_atoms()
-    boxes: dict[tuple[str, int], list] = {}
-    for atom, ends in timed.items():
-        direction, proto, network, first, last = atom
-        a0, a1 = _net_range(network)
-        if proto == "tcp" or proto == "udp":
-            key, box = (direction + "_l4", PROTO_NUM[proto]), \
-                (a0, a1, first, last) if first else (a0, a1, 0, 65535)
-        else:
-            key, box = (direction + "_l3", 0), (a0, a1, 1, 1) if proto == "icmp" else (a0, a1, 0, 255)
-        boxes.setdefault(key, []).append((box, ends))
+            continue
+        own = [(a0, a1, p.first, p.last) for p in ports] if ports else [(a0, a1) + _NO_PORTS[f.protocol]]
+        out += [(box, f.expires) for box in own] if timed else own
     elements = {name: [] for name in SET_FIELDS}
     expires: dict = {}
     for (name, proto), items in boxes.items():
-        l4 = name.endswith("_l4")
+        l4, pr = name.endswith("_l4"), (proto, proto)
+        if not timed:
+            elements[name] += [((a0, a1), pr, (b0, b1)) if l4 else ((a0, a1), (b0, b1))
+                               for a0, a1, b0, b1 in disjoint(items)]
+            continue
         for (a0, a1, b0, b1), ends in disjoint_timed(items):
-            el = ((a0, a1), (proto, proto), (b0, b1)) if l4 else ((a0, a1), (b0, b1))
+            el = ((a0, a1), pr, (b0, b1)) if l4 else ((a0, a1), (b0, b1))
             elements[name].append(el)
             if ends is not None:
                 expires.setdefault(name, {})[el] = ends
+    # One protocol per set is already in order (disjoint sorts): sorting it again is a
+    # single pass.
     return Ruleset(plan.dhcp, {name: tuple(sorted(items)) for name, items in elements.items()}, expires,
                    plan.dhcp_servers)
-
-
-def _net_range(network: str) -> tuple[int, int]:
-    """First and last address of an IPv4 CIDR (already validated by Flow); ipaddress
-    is too slow for 20,000 of them in the apply path."""
-    addr, _, plen = network.partition("/")
-    size = 1 << (32 - int(plen or 32))
-    first = struct.unpack(">I", socket.inet_aton(addr))[0] & ~(size - 1) & 0xFFFFFFFF
-    return first, first + size - 1
 
 
 def chain_rules(dhcp: bool, dhcp_servers: tuple[str, ...] = ()) -> dict[str, tuple[Rule, ...]]:

@@ -114,6 +114,39 @@ def test_set_elements_allow_exactly_what_the_flows_allow(flows):
     assert timed.elements == els and all(t == 4e9 for v in timed.expires.values() for t in v.values())
 
 
+def _covering_ends(flows, direction: str, proto: int, addr: int, port: int):
+    """DESIGN §11 read off the flows: a point lasts as long as the longest-lasting flow
+    that allows it (None: one of them never stops); absent if none allows it."""
+    ends = [f.expires for f in flows if _allows(Plan("standard", (f,)), direction, proto, addr, port)]
+    return "absent" if not ends else None if None in ends else max(ends)
+
+
+def _element_ends(rs, direction: str, proto: int, addr: int, port: int):
+    """How long the kernel lets the point pass: the rules look it up in the l4 and the l3
+    set, so as long as the longest-lasting element that holds it."""
+    ends = [rs.expires.get(name, {}).get(el) for name in (f"{direction}_l4", f"{direction}_l3")
+            for el in rs.elements[name]
+            if el[0][0] <= addr <= el[0][1] and el[1][0] <= proto <= el[1][1]
+            and (name.endswith("_l3") or el[2][0] <= port <= el[2][1])]
+    return "absent" if not ends else None if None in ends else max(ends)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(_FLOW, st.sampled_from([None, 4e9, 5e9])), max_size=6))
+def test_timed_elements_last_as_long_as_the_longest_flow_behind_them(pairs):
+    flows = [Flow(f.direction, f.protocol, f.network, f.ports, expires=e) for f, e in pairs]
+    if not any(f.expires for f in flows):
+        flows.append(Flow("out", "tcp", "198.51.100.1/32", (PortRange(1, 1),), expires=4e9))
+    rs = build(Plan("standard", tuple(flows)))
+    base = _ip("203.0.113.0")
+    for direction in ("in", "out"):
+        for proto in (1, 6, 17):
+            for addr in range(base - 1, base + 17):
+                for port in (0, 1, 2, 4, 7, 9) if proto in (6, 17) else (0,):
+                    assert _element_ends(rs, direction, proto, addr, port) == \
+                        _covering_ends(flows, direction, proto, addr, port), (direction, proto, addr, port)
+
+
 def test_a_32_inside_a_24_on_the_same_port_is_merged():
     plan = Plan("standard", (Flow("out", "tcp", "203.0.113.0/24", (PortRange(443, 443),)),
                              Flow("out", "tcp", "203.0.113.7/32", (PortRange(443, 443),))))
