@@ -54,8 +54,8 @@ class Story:
 
     # --- checking --------------------------------------------------------------------
     def check(self, title: str, explanation: str = "", loop: LoopReport | None = None,
-              problems=(), started: float | None = None) -> Step:
-        results = self.lab.probe_all(self.probes, timeout=self.timeout)
+              problems=(), started: float | None = None, timeout: float | None = None) -> Step:
+        results = self.lab.probe_all(self.probes, timeout=timeout or self.timeout)
         cmp = Comparison(self.model.expected(self.lab, self.probes), results, title)
         step = Step(title, explanation, cmp, loop, list(problems) + self.status_problems())
         step.seconds = round(time.monotonic() - started, 2) if started else 0.0
@@ -83,7 +83,7 @@ class Story:
             out.append(f"status backend.enforcing = {(st.get('backend') or {}).get('enforcing')!r}")
         return out
 
-    def _step(self, title: str, explanation: str, cli, change) -> Step:
+    def _step(self, title: str, explanation: str, cli, change, timeout: float | None = None) -> Step:
         """Run `cli` under a probe loop over flows that must pass (or stay blocked) both
         before and after it according to the model; `change(model)` is what it should do."""
         t0 = time.monotonic()
@@ -98,7 +98,7 @@ class Story:
                        first_rule_in=first) as loop:
             cli()
         self.model = future
-        return self.check(title, explanation, loop.report, started=t0)
+        return self.check(title, explanation, loop.report, started=t0, timeout=timeout)
 
     # --- the steps -------------------------------------------------------------------
     def baseline(self) -> Step:
@@ -129,11 +129,25 @@ class Story:
                           lambda: self.agent.policy_set(doc), lambda m: m.policy_set(doc))
 
     def release(self, reason: str = "harness") -> Step:
+        """Isolation drops all IPv6 but loopback, neighbour discovery included (DESIGN
+        §6), so the endpoint's and its neighbours' IPv6 neighbour entries may be mid-way
+        through failing when isolation ends. The first packet of a flow then waits for
+        the kernel to resolve its next hop again: up to a retransmission interval for a
+        probe in flight, (mcast_solicit + 1) of them if the entry fails first, on each of
+        the two hops of a forwarded flow. The check after release gives each probe that
+        long (read from the endpoint's sysctls); a flow still blocked by then is wrong."""
         step = self._step("released", "`cordon release`: the matrix equals the one before isolation",
-                          lambda: self.agent.release(reason=reason), lambda m: m.release())
+                          lambda: self.agent.release(reason=reason), lambda m: m.release(),
+                          timeout=max(self.timeout, self._neighbour_resolution_s()))
         if "cordon" in self.agent.nft_tables():
             step.problems.append("a cordon table is still installed after release")
         return step
+
+    def _neighbour_resolution_s(self) -> float:
+        def sysctl(name: str, default: int) -> int:
+            r = self.lab.run(self.agent.host, "sysctl", "-n", f"net.ipv6.neigh.default.{name}", check=False)
+            return int(r.stdout) if r.returncode == 0 and r.stdout.strip().isdigit() else default
+        return 2 * (sysctl("mcast_solicit", 3) + 1) * sysctl("retrans_time_ms", 1000) / 1000
 
     def kill_restart(self) -> Step:
         """kill -9 while isolated: rules stay, status says 'not running' (exit 3); after a
