@@ -165,11 +165,8 @@ class Channel:
             subs[durable] = await js.pull_subscribe(subject, durable=durable, stream=wire.STREAM)
         # In the fleet before saying so: a console that lists the fleet once this agent is
         # subscribed must find it there (`isolate all` waits for the agents it lists).
-        # Under the status lock, as every put; the status loop retries if this one failed.
-        async with self._status_lock:
-            state = self.engine.state
-            if await self._put_status(kv):
-                self._reported = state
+        # The status loop retries if this put failed.
+        await self._report(kv)
         self.log.info("console_subscribed", agent_id=self.agent_id, stream=wire.STREAM)
         tasks = [asyncio.create_task(self._consume(nc, js, subs)), asyncio.create_task(self._status_loop(kv))]
         stop = asyncio.create_task(self._stop.wait())
@@ -236,14 +233,22 @@ class Channel:
             due = time.monotonic() - last_put >= STATUS_EVERY_S
             if state is not self._reported or due or self._status_now.is_set():
                 self._status_now.clear()
-                async with self._status_lock:
-                    state = self.engine.state
-                    if await self._put_status(kv):
-                        self._reported, last_put = state, time.monotonic()
+                if await self._report(kv):
+                    last_put = time.monotonic()
             try:
                 await asyncio.wait_for(self._status_now.wait(), CHANGE_POLL_S)
             except asyncio.TimeoutError:
                 pass
+
+    async def _report(self, kv) -> bool:
+        """Put the engine's status now, under the status lock (no apply in between), and
+        remember the state it reported; False if the put failed."""
+        async with self._status_lock:
+            state = self.engine.state
+            if not await self._put_status(kv):
+                return False
+            self._reported = state
+            return True
 
     async def _put_status(self, kv, doc: dict | None = None) -> bool:
         try:

@@ -15,6 +15,7 @@ import textwrap
 import pytest
 
 from tests.harness import ALLOWED, BLOCKED, ERROR, Lab, Probe, ProbeLoop, Session, sweep
+from tests.harness.errors import HarnessError
 from tests.harness.lab import REPO_ROOT
 from tests.harness.matrix import BEHIND_OUT, matrix
 from tests.harness.waits import scaled, wait_until
@@ -178,7 +179,7 @@ def test_probe_loop_tells_exchanges_crossing_the_first_rule_from_losses(lab):
 
 def test_probe_loop_refuses_a_namespace_that_has_a_table_already(lab):
     nft(lab, "endpoint", "table inet t { chain i { type filter hook input priority 0; }\n}")
-    with pytest.raises(Exception, match="already has nftables tables"):
+    with pytest.raises(HarnessError, match="already has nftables tables"):
         ProbeLoop(lab, must_pass=[Probe("endpoint", "vendor", "tcp", 443, 4)],
                   first_rule_in="endpoint").start()
 
