@@ -14,7 +14,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-from .errors import CordonWrong
+from .errors import CordonWrong, HarnessError
 from .expect import Model, probe_set
 from .probe import ALLOWED, BLOCKED, LoopReport, ProbeLoop
 from .table import Comparison
@@ -135,7 +135,8 @@ class Story:
         the kernel to resolve its next hop again: up to a retransmission interval for a
         probe in flight, (mcast_solicit + 1) of them if the entry fails first, on each of
         the two hops of a forwarded flow. The check after release gives each probe that
-        long (read from the endpoint's sysctls); a flow still blocked by then is wrong."""
+        long (read from the endpoint's per-device neighbour settings); a flow still blocked
+        by then is wrong."""
         step = self._step("released", "`cordon release`: the matrix equals the one before isolation",
                           lambda: self.agent.release(reason=reason), lambda m: m.release(),
                           timeout=max(self.timeout, self._neighbour_resolution_s()))
@@ -144,10 +145,19 @@ class Story:
         return step
 
     def _neighbour_resolution_s(self) -> float:
-        def sysctl(name: str, default: int) -> int:
-            r = self.lab.run(self.agent.host, "sysctl", "-n", f"net.ipv6.neigh.default.{name}", check=False)
-            return int(r.stdout) if r.returncode == 0 and r.stdout.strip().isdigit() else default
-        return 2 * (sysctl("mcast_solicit", 3) + 1) * sysctl("retrans_time_ms", 1000) / 1000
+        """Twice the longest IPv6 neighbour resolution on any of the endpoint's devices.
+        The values are per device: a namespace other than the first has no
+        net.ipv6.neigh.default, so they are read from /proc/sys/net/ipv6/neigh/<dev>."""
+        base = "/proc/sys/net/ipv6/neigh"
+        devs = [d for d in self.lab.run(self.agent.host, "ls", base).stdout.split()
+                if d not in ("lo", "default")]
+        if not devs:
+            raise HarnessError(f"{self.agent.host} has no IPv6 neighbour settings in {base}")
+
+        def read(dev: str, name: str) -> int:
+            return int(self.lab.run(self.agent.host, "cat", f"{base}/{dev}/{name}").stdout)
+        return max(2 * (read(d, "mcast_solicit") + 1) * read(d, "retrans_time_ms") / 1000
+                   for d in devs)
 
     def kill_restart(self) -> Step:
         """kill -9 while isolated: rules stay, status says 'not running' (exit 3); after a
