@@ -20,7 +20,7 @@ from platforms.nftables import readback
 from platforms.nftables import netdev
 from platforms.nftables.devices import LinkWatcher, list_devices
 from platforms.nftables.render import atoms_from_elements, build, chain_rules, render_text
-from platforms.nftables.shape import SET_FIELDS, TABLE, set_name
+from platforms.nftables.shape import HOT_SETS, SET_FIELDS, SET_NAMES, TABLE, set_name
 
 WANTED_FLAGS = w.WANTED_TABLE_FLAGS
 NOTES = ("table flags owner|persist where the start-up probe finds persist (Linux >= 6.9); "
@@ -89,6 +89,8 @@ class NftablesBackend(Backend):
                 or state.owner not in (None, sock.portid)):
             return self.apply(plan)
         msgs = self._element_diff_msgs(old, new, state.gen)
+        if msgs:  # no key stays hot that the new elements do not hold
+            msgs += [("DELSETELEM", 0, w.set_ref_body(n, state.gen)) for n in HOT_SETS]
         if msgs and self._netdev_present(sock):
             msgs += [(kind, fl, body, netdev.NFPROTO_NETDEV) for kind, fl, body in msgs]
         if msgs:
@@ -129,7 +131,7 @@ class NftablesBackend(Backend):
             return
         flags = self._flags()
         elements = self._element_msgs(rs, "a")
-        sets = [("NEWSET", w.NLM_F_CREATE, w.set_body(n, "a")) for n in SET_FIELDS]
+        sets = [("NEWSET", w.NLM_F_CREATE, w.set_body(n, "a")) for n in SET_NAMES]
         prepare = [("NEWTABLE", w.NLM_F_CREATE, w.table_body(flags))] + sets + elements
         prepare += netdev.sets_msgs(flags, rs, "a", elements)
         sock.batch(prepare)
@@ -161,14 +163,14 @@ class NftablesBackend(Backend):
         new = "b" if old == "a" else "a"
         elements = self._element_msgs(rs, new)
         netdev_in_force = self._netdev_present(sock)
-        prepare = [("NEWSET", w.NLM_F_CREATE, w.set_body(n, new)) for n in SET_FIELDS] + elements
+        prepare = [("NEWSET", w.NLM_F_CREATE, w.set_body(n, new)) for n in SET_NAMES] + elements
         if netdev_in_force:  # its sets of the new generation too, hooked by nothing yet
             prepare += netdev.sets_msgs(self._flags(), rs, new, elements)
         sock.batch(prepare)
         swap = [("NEWTABLE", 0, w.table_body(self._flags()))]  # adopts an orphan
         swap += [("DELRULE", 0, w.chain_ref_body(c)) for c in ("input", "output", "forward")]
         swap += self._rule_msgs(rs, new)
-        swap += [("DELSET", 0, w.set_name_body(n, old)) for n in SET_FIELDS]
+        swap += [("DELSET", 0, w.set_name_body(n, old)) for n in SET_NAMES]
         if netdev_in_force:
             swap += netdev.swap_msgs(sock, list_devices(self.netns), rs.dhcp, new, old, rs.dhcp_servers)
         else:
@@ -177,9 +179,9 @@ class NftablesBackend(Backend):
             sock.batch(swap)
         except BackendError:
             try:  # the loaded sets enforce nothing; do not leave them behind
-                sock.batch([("DELSET", 0, w.set_name_body(n, new)) for n in SET_FIELDS]
+                sock.batch([("DELSET", 0, w.set_name_body(n, new)) for n in SET_NAMES]
                            + ([("DELSET", 0, w.set_name_body(n, new), netdev.NFPROTO_NETDEV)
-                               for n in SET_FIELDS] if netdev_in_force else []))
+                               for n in SET_NAMES] if netdev_in_force else []))
             except BackendError:
                 pass  # the next apply re-creates the table (shape check)
             raise
@@ -208,13 +210,15 @@ class NftablesBackend(Backend):
         dhcp = readback.has_dhcp(seen)
         servers = readback.dhcp_servers(seen) if dhcp else ()
         problems = list(state.shape_problems) + readback.rule_problems(seen, chain_rules(dhcp, servers))
+        held = self._hot_may_hold(elements)
+        problems += readback.hot_problems(sock, gen, held, w.NFPROTO_INET, f"inet {TABLE}")
         if state.flags & 1:
             problems.append(f"table inet {TABLE} is dormant (unhooked)")
         if state.flags & w.TABLE_F_PERSIST != self._flags() & w.TABLE_F_PERSIST:
             problems.append(f"table inet {TABLE} flags {w.flag_names(state.flags)} differ from "
                             f"{w.flag_names(self._flags())}")
         below, below_problems = netdev.read_back(sock, self._flags(), list_devices(self.netns), dhcp, gen,
-                                                 {n: elements.get(n, ()) for n in SET_FIELDS}, servers)
+                                                 {n: elements.get(n, ()) for n in SET_FIELDS}, servers, held)
         problems += below_problems
         rules = {c: len(r) for c, r in seen.items()}
         details = {
@@ -242,6 +246,18 @@ class NftablesBackend(Backend):
         else:
             digest = atoms_digest(dhcp, atoms_from_elements(elements), servers)
         return ReadBack(True, digest, details)
+
+    def _hot_may_hold(self, elements: dict) -> dict:
+        """What a hot set's keys may lie in: the elements read back, and those of this
+        process's plan that lapsed by their kernel timeout in the last second (a key put
+        into a hot set just before stays up to HOT_TIMEOUT_MS longer)."""
+        if self._ruleset is None:
+            return elements
+        now = time.time()
+        held = {n: list(items) for n, items in elements.items()}
+        for name, ends in self._ruleset.expires.items():
+            held.setdefault(name, []).extend(el for el, at in ends.items() if now - 1 <= at <= now)
+        return held
 
     def close(self) -> None:
         # Closing the socket gives up ownership; the persist flag keeps the table.
@@ -307,7 +323,7 @@ class NftablesBackend(Backend):
             msgs.append(("DELTABLE", 0, w.table_body()))
         msgs.append(("NEWTABLE", w.NLM_F_CREATE, w.table_body(flags)))
         msgs += [("NEWCHAIN", w.NLM_F_CREATE, w.chain_body(c)) for c in ("input", "output", "forward")]
-        msgs += [("NEWSET", w.NLM_F_CREATE, w.set_body(n, "a")) for n in SET_FIELDS]
+        msgs += [("NEWSET", w.NLM_F_CREATE, w.set_body(n, "a")) for n in SET_NAMES]
         elements = self._element_msgs(rs, "a")
         msgs += elements + self._rule_msgs(rs, "a")
         return msgs + netdev.table_msgs(flags, list_devices(self.netns), rs,

@@ -20,6 +20,7 @@ class Undecodable(ValueError):
 # How one attribute is encoded and decoded, by kind.
 _ENCODE = {
     "u32": w.u32,
+    "u64": lambda num, v: w.attr(num, v.to_bytes(8, "big")),
     "u8": lambda num, v: w.attr(num, bytes([v])),
     "str": w.s,
     "data": lambda num, v: w.nest(num, w.attr(w.NFTA_DATA_VALUE, v)),
@@ -36,6 +37,7 @@ def _only(raw: bytes, kind: int) -> bytes:
 
 _DECODE = {
     "u32": lambda raw: w.be32(raw) if len(raw) == 4 else _bad("u32", raw),
+    "u64": lambda raw: int.from_bytes(raw, "big") if len(raw) == 8 else _bad("u64", raw),
     "u8": lambda raw: raw[0] if len(raw) == 1 else _bad("u8", raw),
     "str": w.cstr,
     "data": lambda raw: _only(raw, w.NFTA_DATA_VALUE),
@@ -73,7 +75,7 @@ class Expr:
         return cls(**values)
 
 
-_PYTYPE = {"u32": int, "u8": int, "str": str, "data": bytes, "verdict": int}
+_PYTYPE = {"u32": int, "u64": int, "u8": int, "str": str, "data": bytes, "verdict": int}
 
 
 def _expression(name: str, **attrs: tuple[int, str]) -> type[Expr]:
@@ -102,8 +104,13 @@ Bitwise = _expression("bitwise", sreg=(1, "u32"), dreg=(2, "u32"), length=(3, "u
                       mask=(4, "data"), xor=(5, "data"), op=(6, "u32"))
 Lookup = _expression("lookup", set=(1, "str"), sreg=(2, "u32"), flags=(5, "u32"))
 Immediate = _expression("immediate", dreg=(1, "u32"), verdict=(2, "verdict"))
+# `add @set { key }` from the packet path (op 0 add; timeout 0: the set's own). The
+# kernel dumps timeout and flags even when nft sent neither, so they are always sent.
+Dynset = _expression("dynset", set=(1, "str"), op=(3, "u32"), sreg_key=(4, "u32"),
+                     timeout=(6, "u64"), flags=(9, "u32"))
+DYNSET_ADD = 0
 
-TYPES = {t.NAME: t for t in (Meta, Cmp, Payload, Ct, Byteorder, Bitwise, Lookup, Immediate)}
+TYPES = {t.NAME: t for t in (Meta, Cmp, Payload, Ct, Byteorder, Bitwise, Lookup, Immediate, Dynset)}
 
 
 def encode_list(exprs) -> bytes:

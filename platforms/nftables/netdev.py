@@ -26,10 +26,10 @@ import struct
 
 from platforms.plan import DHCP_BROADCAST
 from platforms.nftables import wire as w
-from platforms.nftables.exprs import (Cmp, Immediate, Lookup, Meta, Payload,
+from platforms.nftables.exprs import (DYNSET_ADD, Cmp, Dynset, Immediate, Lookup, Meta, Payload,
                                       Undecodable, decode_list, encode_list)
-from platforms.nftables.readback import hook_policy, set_elements, table_chains
-from platforms.nftables.shape import SET_FIELDS, TABLE, set_name
+from platforms.nftables.readback import hook_policy, hot_problems, set_elements, table_chains
+from platforms.nftables.shape import SET_NAMES, TABLE, set_name
 from platforms.nftables.vocabulary import userdata, tag_of
 
 NFPROTO_NETDEV = 5
@@ -55,11 +55,27 @@ def _ipv4():
     return [Meta(REG_1, META_PROTOCOL), _eq(REG_1, ETH_IP)]
 
 
-def _lookup(addr_off: int, port_off: int | None, base: str, gen: str):
+def _keys(addr_off: int, port_off: int | None):
     out = [Payload(REG_1, BASE_NETWORK, addr_off, 4), Meta(REG32_00 + 1, META_L4PROTO)]
     if port_off is not None:
         out.append(Payload(REG32_00 + 2, BASE_TRANSPORT, port_off, 2))
-    return out + [Lookup(set_name(base, gen), REG_1, 0)]
+    return out
+
+
+def _lookup(addr_off: int, port_off: int | None, base: str, gen: str):
+    return _keys(addr_off, port_off) + [Lookup(set_name(base, gen), REG_1, 0)]
+
+
+def _cached(tag: str, addr_off: int, port_off: int | None, base: str, gen: str, text: str):
+    """As render._cached: the hot set, then the interval set filling the hot set, then the
+    interval set alone (reached only when the hot set is full)."""
+    hot = f"{base}_hot"
+    fill = _keys(addr_off, port_off) + [Dynset(set_name(hot, gen), DYNSET_ADD, REG_1, 0, 0)]
+    key_text = text.split(" @")[0].replace("meta protocol ip ", "", 1)
+    return [(f"{tag}-hot", _ipv4() + _lookup(addr_off, port_off, hot, gen), f"{text.split(' @')[0]} @{hot}_{gen}"),
+            (f"{tag}-fill", _ipv4() + _lookup(addr_off, port_off, base, gen) + fill,
+             f"{text} add @{hot}_{gen} {{ {key_text} }}"),
+            (tag, _ipv4() + _lookup(addr_off, port_off, base, gen), text)]
 
 
 def _udp(sport: int, dport: int):
@@ -109,26 +125,20 @@ def chain_rules(dhcp: bool, gen: str, servers: tuple[str, ...] = ()) -> dict[str
     """{"ingress"|"egress": [(tag, expressions, nft text)]}, the same for every device;
     `servers`: the plan's leased DHCP servers."""
     g = gen
-    egress = [
-        ("cordon/nd-out-original-l4", _ipv4() + _lookup(_DADDR, _DPORT, "out_l4", g),
-         f"meta protocol ip ip daddr . meta l4proto . th dport @out_l4_{g}"),
-        ("cordon/nd-out-reply-l4", _ipv4() + _lookup(_DADDR, _SPORT, "in_l4", g),
-         f"meta protocol ip ip daddr . meta l4proto . th sport @in_l4_{g}"),
-        ("cordon/nd-out-original-l3", _ipv4() + _lookup(_DADDR, None, "out_l3", g),
-         f"meta protocol ip ip daddr . meta l4proto @out_l3_{g}"),
-        ("cordon/nd-out-reply-l3", _ipv4() + _lookup(_DADDR, None, "in_l3", g),
-         f"meta protocol ip ip daddr . meta l4proto @in_l3_{g}"),
-    ]
-    ingress = [
-        ("cordon/nd-in-reply-l4", _ipv4() + _lookup(_SADDR, _SPORT, "out_l4", g),
-         f"meta protocol ip ip saddr . meta l4proto . th sport @out_l4_{g}"),
-        ("cordon/nd-in-original-l4", _ipv4() + _lookup(_SADDR, _DPORT, "in_l4", g),
-         f"meta protocol ip ip saddr . meta l4proto . th dport @in_l4_{g}"),
-        ("cordon/nd-in-reply-l3", _ipv4() + _lookup(_SADDR, None, "out_l3", g),
-         f"meta protocol ip ip saddr . meta l4proto @out_l3_{g}"),
-        ("cordon/nd-in-original-l3", _ipv4() + _lookup(_SADDR, None, "in_l3", g),
-         f"meta protocol ip ip saddr . meta l4proto @in_l3_{g}"),
-    ]
+    egress, ingress = [], []
+    for chain, tag, addr_off, peer in ((egress, "out", _DADDR, "ip daddr"), (ingress, "in", _SADDR, "ip saddr")):
+        # (name, port offset, set): for egress the original direction of an outbound flow
+        # (destination port in out_*) and the reply of an inbound one (source port in in_*);
+        # for ingress the mirror image.
+        l4 = ((("original", _DPORT, "out"), ("reply", _SPORT, "in")) if tag == "out" else
+              (("reply", _SPORT, "out"), ("original", _DPORT, "in")))
+        for kind, port_off, d in l4:
+            port = "th dport" if port_off == _DPORT else "th sport"
+            chain += _cached(f"cordon/nd-{tag}-{kind}-l4", addr_off, port_off, f"{d}_l4", g,
+                             f"meta protocol ip {peer} . meta l4proto . {port} @{d}_l4_{g}")
+        for kind, _port_off, d in l4:
+            chain += _cached(f"cordon/nd-{tag}-{kind}-l3", addr_off, None, f"{d}_l3", g,
+                             f"meta protocol ip {peer} . meta l4proto @{d}_l3_{g}")
     ingress += [(f"cordon/nd-in-icmp-{name}", _ipv4() + [
         Meta(REG_1, META_L4PROTO), _eq(REG_1, b"\x01"), Payload(REG_1, BASE_TRANSPORT, 0, 1),
         _eq(REG_1, bytes([t]))], f"meta protocol ip meta l4proto icmp icmp type {name}")
@@ -177,7 +187,7 @@ def sets_msgs(flags: int, rs, gen: str = "a", element_msgs=None) -> list[tuple]:
     generation `gen`, whose bodies are the same here (same table and set names), so they
     are encoded once."""
     out = [("NEWTABLE", w.NLM_F_CREATE, w.table_body(flags), NFPROTO_NETDEV)]
-    out += [("NEWSET", w.NLM_F_CREATE, w.set_body(n, gen), NFPROTO_NETDEV) for n in SET_FIELDS]
+    out += [("NEWSET", w.NLM_F_CREATE, w.set_body(n, gen), NFPROTO_NETDEV) for n in SET_NAMES]
     if element_msgs is None:
         element_msgs = [("NEWSETELEM", w.NLM_F_CREATE, body) for name, items in rs.elements.items()
                         for body in w.setelem_bodies(name, items, gen, rs.timeouts_ms(name))]
@@ -210,7 +220,7 @@ def swap_msgs(sock, devices, dhcp: bool, new: str, old: str, servers: tuple[str,
             out.append(("DELRULE", 0, w.chain_ref_body(name), NFPROTO_NETDEV))
             out += [("NEWRULE", w.NLM_F_CREATE | w.NLM_F_APPEND, _rule_body(name, t, e), NFPROTO_NETDEV)
                     for t, e, _ in rules]
-    return out + [("DELSET", 0, w.set_name_body(n, old), NFPROTO_NETDEV) for n in SET_FIELDS]
+    return out + [("DELSET", 0, w.set_name_body(n, old), NFPROTO_NETDEV) for n in SET_NAMES]
 
 
 def delete_msgs() -> list[tuple]:
@@ -220,16 +230,9 @@ def delete_msgs() -> list[tuple]:
 # --- text ----------------------------------------------------------------------------
 
 def render_text(rs, devices, gen: str = "a") -> str:
-    from platforms.nftables.render import _element_text  # the inet table's element syntax
+    from platforms.nftables.render import set_text  # the inet table's set syntax
     lines = [f"table netdev {TABLE}", f"delete table netdev {TABLE}", f"table netdev {TABLE} {{"]
-    for name, fields in SET_FIELDS.items():
-        lines += [f"\tset {set_name(name, gen)} {{", f"\t\ttype {' . '.join(fields)}", "\t\tflags interval,timeout"]
-        items = rs.elements.get(name, ())
-        timeouts = rs.timeouts_ms(name)
-        if items:
-            lines.append("\t\telements = { " + ",\n\t\t\t".join(
-                _element_text(el) + (f" timeout {timeouts[el]}ms" if el in timeouts else "") for el in items) + " }")
-        lines.append("\t}")
+    lines += set_text(rs, gen)
     for dev in devices:
         for hook, rules in chain_rules(rs.dhcp, gen, rs.dhcp_servers).items():
             lines += [f"\tchain {chain_name(hook, dev)} {{",
@@ -243,7 +246,8 @@ def render_text(rs, devices, gen: str = "a") -> str:
 # --- read-back -----------------------------------------------------------------------
 
 def read_back(sock, flags_wanted: int, devices, dhcp: bool, gen: str,
-              elements: dict | None = None, servers: tuple[str, ...] = ()) -> tuple[dict, list[str]]:
+              elements: dict | None = None, servers: tuple[str, ...] = (),
+              hot_held: dict | None = None) -> tuple[dict, list[str]]:
     """What table netdev cordon holds against what it must hold: flags (a dormant table
     is unhooked), one ingress and one egress chain per device with hook, priority,
     policy and device, every rule by tag and value, and every set's elements against
@@ -290,6 +294,9 @@ def read_back(sock, flags_wanted: int, devices, dhcp: bool, gen: str,
     for name, want in (elements or {}).items():
         if set_elements(sock, name, gen, NFPROTO_NETDEV) != want:
             problems.append(f"netdev set {set_name(name, gen)}: elements differ from table inet {TABLE}'s")
+    if elements is not None:
+        problems += hot_problems(sock, gen, elements if hot_held is None else hot_held, NFPROTO_NETDEV,
+                                 f"netdev {TABLE}")
     details = {"table": f"netdev {TABLE}", "table_flags": w.flag_names(flags), "owner_portid": owner,
                "devices": sorted({v[3] for v in chains.values() if v[3]})}
     return details, problems

@@ -4,13 +4,16 @@ tag; anything missing, extra, foreign or undecodable is reported by name. A coun
 never proof."""
 from __future__ import annotations
 
+import bisect
+import ipaddress
 import struct
 from dataclasses import dataclass
 
 from platforms.nftables import wire as w
 from platforms.nftables.exprs import Undecodable, decode_list
 from platforms.nftables.netlink import NftSocket
-from platforms.nftables.shape import DHCP_BROADCAST_TAG, DHCP_SERVER_TAG, GENERATIONS, SET_FIELDS, TABLE, set_name
+from platforms.nftables.shape import (DHCP_BROADCAST_TAG, DHCP_SERVER_TAG, FIELDS, GENERATIONS, HOT_SETS,
+                                     HOT_TIMEOUT_MS, SET_NAMES, TABLE, set_name)
 from platforms.nftables.vocabulary import TAG_PREFIX, IpAddr, Rule, decode_rule, tag_of
 
 
@@ -64,19 +67,26 @@ def table_state(sock: NftSocket) -> TableState:
         a = w.attr_map(payload)
         if w.cstr(a.get(w.NFTA_SET_TABLE, b"")) == TABLE:
             sets[w.cstr(a[w.NFTA_SET_NAME])] = (w.be32(a[w.NFTA_SET_KEY_TYPE]),
-                                                 w.be32(a[w.NFTA_SET_FLAGS]))
+                                                 w.be32(a[w.NFTA_SET_FLAGS]), _timeout(a))
     gen = next((g for g in GENERATIONS if set_name("out_l4", g) in sets), "a")
     expected_sets = {set_name(n, gen): (w.be32(w.attr_map(w.set_body(n, gen))[w.NFTA_SET_KEY_TYPE]),
-                                        w.SET_FLAGS) for n in SET_FIELDS}
+                                        w.set_flags(n), HOT_TIMEOUT_MS if n in HOT_SETS else 0)
+                     for n in SET_NAMES}
     if sets != expected_sets:
         problems.append(f"sets {sorted(sets)} differ from what Cordon installs")
     return TableState(True, flags, owner, sets, gen, tuple(problems))
 
 
+def _timeout(a: dict) -> int:
+    raw = a.get(w.NFTA_SET_TIMEOUT)
+    return int.from_bytes(raw, "big") if raw else 0
+
+
 def set_elements(sock: NftSocket, name: str, gen: str, family: int = w.NFPROTO_INET) -> tuple:
     """The elements of set `name` of generation `gen` in table TABLE of `family`, decoded
-    and sorted (a missing set reads as empty; a rule cannot use a missing set)."""
-    fields = SET_FIELDS[name]
+    and sorted (a missing set reads as empty; a rule cannot use a missing set); a hot
+    set's elements are points, each field (v, v)."""
+    fields = FIELDS[name]
     out = []
     for payload in sock.dump("GETSETELEM", w.set_ref_body(name, gen), family):
         a = w.attr_map(payload)
@@ -149,3 +159,41 @@ def rule_problems(seen: dict[str, list[SeenRule]], expected: dict[str, tuple[Rul
         if not problems and tags != list(want):
             problems.append(f"{chain}: rules out of order: {tags}")
     return problems
+
+
+def hot_problems(sock: NftSocket, gen: str, elements: dict, family: int, table: str) -> list[str]:
+    """Every key in a hot set must lie in an element of the interval set it caches (as
+    read back: `elements`); packets only put such keys there, so another is tamper (a
+    table without owner|persist can be written by any root process)."""
+    problems = []
+    for hot, base in HOT_SETS.items():
+        index = _Stab(elements.get(base, ()))
+        strays = [key for key in set_elements(sock, hot, gen, family) if not index.holds(key)]
+        if strays:
+            first = " . ".join([str(ipaddress.IPv4Address(strays[0][0][0]))] + [str(v) for v, _ in strays[0][1:]])
+            problems.append(f"{table} set {set_name(hot, gen)}: {len(strays)} keys in no element of "
+                            f"{set_name(base, gen)} (e.g. {first})")
+    return problems
+
+
+class _Stab:
+    """Which of a set's elements (disjoint boxes, one (first, last) per field) hold a
+    point: the elements sorted by their first field's start, with a running maximum of
+    its end, so a look goes back only over elements whose first field can reach."""
+
+    def __init__(self, elements) -> None:
+        self.elements = sorted(elements)
+        self.starts = [el[0][0] for el in self.elements]
+        self.reach, top = [], -1
+        for el in self.elements:
+            top = max(top, el[0][1])
+            self.reach.append(top)
+
+    def holds(self, key) -> bool:
+        point = [v for v, _ in key]
+        i = bisect.bisect_right(self.starts, point[0]) - 1
+        while i >= 0 and self.reach[i] >= point[0]:
+            if all(lo <= v <= hi for v, (lo, hi) in zip(point, self.elements[i])):
+                return True
+            i -= 1
+        return False

@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 
 from platforms.plan import DHCP_BROADCAST, DHCP_CLIENT_PORT, DHCP_SERVER_PORT, Plan
 from platforms.nftables.boxes import disjoint, disjoint_timed
-from platforms.nftables.shape import DHCP_BROADCAST_TAG, DHCP_SERVER_TAG, CHAIN_HOOKS, PROTO_NAME, PROTO_NUM, SET_FIELDS, TABLE, set_name
+from platforms.nftables.shape import (DHCP_BROADCAST_TAG, DHCP_SERVER_TAG, CHAIN_HOOKS, FIELDS, HOT_SETS, HOT_SIZE,
+                                     HOT_TIMEOUT_MS, PROTO_NAME, PROTO_NUM, SET_FIELDS, SET_NAMES, TABLE,
+                                     set_name)
 from platforms.nftables.vocabulary import (CtDirection, CtRelated, Family, Interface, IpAddr, Key, L4Proto,
-                                           Rule, SetLookup, UdpPorts)
+                                           Rule, SetAdd, SetLookup, UdpPorts)
 
 # A set element: one inclusive (first, last) range per field of the set's key.
 Element = tuple[tuple[int, int], ...]
@@ -129,29 +131,35 @@ def dhcp_rules(chain: str, dhcp: bool, servers: tuple[str, ...]) -> list[Rule]:
 ORIGINAL, REPLY = CtDirection(0), CtDirection(1)
 
 
+def _cached(tag: str, head: tuple, keys: tuple, base: str) -> list[Rule]:
+    """The rules that accept a packet whose `keys` are in interval set `base`: first the
+    hot set (exact keys, a hash lookup); then the interval set, putting the keys into the
+    hot set; then the interval set alone, which only a full hot set leaves to it."""
+    hot = f"{base}_hot"
+    return [Rule(f"{tag}-hot", head + (SetLookup(keys, hot),), "accept"),
+            Rule(f"{tag}-fill", head + (SetLookup(keys, base), SetAdd(keys, hot)), "accept"),
+            Rule(tag, head + (SetLookup(keys, base),), "accept")]
+
+
 def _host_chain(lo_key, dhcp, orig, reply) -> tuple[Rule, ...]:
     orig_addr, orig_dir = orig
     reply_addr, reply_dir = reply
     l4_reply = (reply_addr, Key.CT_ORIG_PROTO, Key.CT_ORIG_PROTO_DST)
-    # Bulk traffic (tcp/udp of allowed flows) matches in the first three rules; every
-    # rule before the IPv6 drop only accepts IPv4 (ip/ct ip keys need IPv4), so the
-    # order changes nothing but the cost per packet.
-    rules = [Rule("cordon/original-l4", (ORIGINAL, SetLookup((orig_addr, Key.L4PROTO, Key.TH_DPORT),
-                                                             f"{orig_dir}_l4")), "accept")]
+    # Bulk traffic (tcp/udp of allowed flows) matches in the first rules, mostly in a
+    # hot set; every rule before the IPv6 drop only accepts IPv4 (ip/ct ip keys need
+    # IPv4), so the order changes nothing but the cost per packet.
+    rules = _cached("cordon/original-l4", (ORIGINAL,), (orig_addr, Key.L4PROTO, Key.TH_DPORT),
+                    f"{orig_dir}_l4")
     # The packet's protocol is matched only so that nft can type proto-dst; the reply
     # of a tcp/udp flow always has the flow's protocol.
     for proto in (6, 17):
-        rules.append(Rule(f"cordon/reply-{PROTO_NAME[proto]}",
-                          (REPLY, L4Proto(proto), SetLookup(l4_reply, f"{reply_dir}_l4")), "accept"))
+        rules += _cached(f"cordon/reply-{PROTO_NAME[proto]}", (REPLY, L4Proto(proto)), l4_reply,
+                         f"{reply_dir}_l4")
     rules += [Rule("cordon/loopback", (Interface(lo_key, 1),), "accept"),  # lo is ifindex 1 in every netns
               Rule("cordon/ipv6-drop", (Family(10),), "drop")]  # all other IPv6
     rules += dhcp
-    rules += [
-        Rule("cordon/original-l3", (ORIGINAL, SetLookup((orig_addr, Key.L4PROTO), f"{orig_dir}_l3")),
-             "accept"),
-        Rule("cordon/reply-l3", (REPLY, SetLookup((reply_addr, Key.CT_ORIG_PROTO), f"{reply_dir}_l3")),
-             "accept"),
-    ]
+    rules += _cached("cordon/original-l3", (ORIGINAL,), (orig_addr, Key.L4PROTO), f"{orig_dir}_l3")
+    rules += _cached("cordon/reply-l3", (REPLY,), (reply_addr, Key.CT_ORIG_PROTO), f"{reply_dir}_l3")
     for addr, d in ((Key.CT_ORIG_DADDR, "out"), (Key.CT_ORIG_SADDR, "in")):
         rules.append(Rule(f"cordon/related-{d}", (CtRelated(), L4Proto(1), SetLookup(
             (addr, Key.CT_ORIG_PROTO, Key.CT_ORIG_PROTO_DST), f"{d}_l4")), "accept"))
@@ -200,15 +208,7 @@ def render_text(rs: Ruleset, gen: str = "a", now: float | None = None) -> str:
         f"delete table inet {TABLE}",
         f"table inet {TABLE} {{",
     ]
-    for name, fields in SET_FIELDS.items():
-        lines += [f"\tset {set_name(name, gen)} {{", f"\t\ttype {' . '.join(fields)}", "\t\tflags interval,timeout"]
-        items = rs.elements.get(name, ())
-        timeouts = rs.timeouts_ms(name, now)
-        if items:
-            body = ",\n\t\t\t".join(_element_text(el) + (f" timeout {timeouts[el]}ms" if el in timeouts else "")
-                                      for el in items)
-            lines.append(f"\t\telements = {{ {body} }}")
-        lines.append("\t}")
+    lines += set_text(rs, gen, now)
     for chain, rules in rs.chains().items():
         lines += [f"\tchain {chain} {{",
                   f"\t\ttype filter hook {CHAIN_HOOKS[chain]} priority filter; policy drop;"]
@@ -216,6 +216,25 @@ def render_text(rs: Ruleset, gen: str = "a", now: float | None = None) -> str:
         lines.append("\t}")
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def set_text(rs: Ruleset, gen: str, now: float | None = None) -> list[str]:
+    """The set declarations of either table: interval sets with their elements, hot sets."""
+    lines = []
+    for name in SET_NAMES:
+        lines += [f"\tset {set_name(name, gen)} {{", f"\t\ttype {' . '.join(FIELDS[name])}"]
+        if name in HOT_SETS:
+            lines += [f"\t\tsize {HOT_SIZE}", "\t\tflags dynamic,timeout", f"\t\ttimeout {HOT_TIMEOUT_MS}ms", "\t}"]
+            continue
+        lines.append("\t\tflags interval,timeout")
+        items = rs.elements.get(name, ())
+        timeouts = rs.timeouts_ms(name, now)
+        if items:
+            body = ",\n\t\t\t".join(_element_text(el) + (f" timeout {timeouts[el]}ms" if el in timeouts else "")
+                                      for el in items)
+            lines.append(f"\t\telements = {{ {body} }}")
+        lines.append("\t}")
+    return lines
 
 
 def _element_text(el: Element) -> str:

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from platforms.nftables import wire as w
-from platforms.nftables.exprs import (Bitwise, Byteorder, Cmp, Ct, Expr, Immediate, Lookup, Meta,
-                                      Payload, Undecodable, decode_list, encode_list)
-from platforms.nftables.shape import PROTO_NAME, set_name
+from platforms.nftables.exprs import (DYNSET_ADD, Bitwise, Byteorder, Cmp, Ct, Dynset, Expr, Immediate,
+                                      Lookup, Meta, Payload, Undecodable, decode_list, encode_list)
+from platforms.nftables.shape import HOT_SETS, PROTO_NAME, set_name
 
 REG_VERDICT, REG_1, REG32_00 = 0, 1, 8
 META_KEY = {"iif": 4, "oif": 5, "nfproto": 15, "l4proto": 16}
@@ -49,12 +49,16 @@ def _eq(data: bytes) -> Cmp:
     return Cmp(REG_1, NFT_CMP_EQ, data)
 
 
-def key_exprs(key: Key, reg: int, first: bool) -> list[Expr]:
+def key_exprs(key: Key, reg: int, first: bool, interval: bool = True, again: bool = False) -> list[Expr]:
+    """What nft loads for one key of a concatenation into `reg`. `interval`: the key goes
+    to an interval set; `again`: the rule has loaded the same key before (in a lookup),
+    so nft adds no IPv4 dependency."""
     if key in _IP_OFFSET:
-        return [Meta(REG_1, META_KEY["nfproto"]), _eq(b"\x02"), Payload(reg, 1, _IP_OFFSET[key], 4)]
+        dependency = [] if again else [Meta(REG_1, META_KEY["nfproto"]), _eq(b"\x02")]
+        return dependency + [Payload(reg, 1, _IP_OFFSET[key], 4)]
     if key is Key.L4PROTO:
-        # nft converts the 1-byte proto for a concatenation register after the first
-        return [Meta(reg, META_KEY["l4proto"])] + ([] if first else [Byteorder(reg, reg, 1, 1, 2)])
+        # for an interval set nft converts the 1-byte proto of a register after the first
+        return [Meta(reg, META_KEY["l4proto"])] + ([] if first or not interval else [Byteorder(reg, reg, 1, 1, 2)])
     if key is Key.TH_DPORT:
         return [Payload(reg, 2, 2, 2)]
     return [Ct(reg, _CT_KEYS[key], 0)]
@@ -211,29 +215,66 @@ class SetLookup(Match):
         return f"{' . '.join(k.value for k in self.keys)} @{set_name(self.base, gen)}"
 
     def exprs(self, gen: str) -> list[Expr]:
-        out: list[Expr] = []
-        for n, key in enumerate(self.keys):
-            out += key_exprs(key, REG_1 if n == 0 else REG32_00 + n, n == 0)
-        return out + [Lookup(set_name(self.base, gen), REG_1, 0)]
+        return _load_keys(self.keys, self.base not in HOT_SETS, False) + [Lookup(set_name(self.base, gen), REG_1, 0)]
 
     @classmethod
     def take(cls, ex, i, gen):
-        keys, j = [], i
-        while j < len(ex) and not isinstance(ex[j], Lookup):
-            n = len(keys)
-            reg = REG_1 if n == 0 else REG32_00 + n
-            for key in Key:
-                want = _normal(key_exprs(key, reg, n == 0))
-                if _normal(ex[j:j + len(want)]) == want:
-                    keys.append(key)
-                    j += len(want)
-                    break
-            else:
-                return None
-        if not keys or j >= len(ex) or ex[j].sreg != REG_1 or ex[j].flags != 0 \
-                or not ex[j].set.endswith(f"_{gen}"):
+        j = _next(ex, i, Lookup)
+        if j is None or ex[j].sreg != REG_1 or ex[j].flags != 0 or not ex[j].set.endswith(f"_{gen}"):
             return None
-        return cls(tuple(keys), ex[j].set[:-len(gen) - 1]), j + 1
+        base = ex[j].set[:-len(gen) - 1]
+        keys = _keys_of(ex[i:j], base not in HOT_SETS, False)
+        return (cls(keys, base), j + 1) if keys else None
+
+
+@dataclass(frozen=True)
+class SetAdd(Match):
+    """add @set { k1 . k2 ... }: the packet puts its keys into (hot) set `base` of
+    generation gen, with the set's own timeout; always holds unless the set is full."""
+    keys: tuple[Key, ...]
+    base: str
+
+    def text(self, gen: str) -> str:
+        return f"add @{set_name(self.base, gen)} {{ {' . '.join(k.value for k in self.keys)} }}"
+
+    def exprs(self, gen: str) -> list[Expr]:
+        return _load_keys(self.keys, False, True) + [Dynset(set_name(self.base, gen), DYNSET_ADD, REG_1, 0, 0)]
+
+    @classmethod
+    def take(cls, ex, i, gen):
+        j = _next(ex, i, Dynset)
+        if j is None or ex[j] != Dynset(ex[j].set, DYNSET_ADD, REG_1, 0, 0) or not ex[j].set.endswith(f"_{gen}"):
+            return None
+        keys = _keys_of(ex[i:j], False, True)
+        return (cls(keys, ex[j].set[:-len(gen) - 1]), j + 1) if keys else None
+
+
+def _load_keys(keys, interval: bool, again: bool) -> list[Expr]:
+    out: list[Expr] = []
+    for n, key in enumerate(keys):
+        out += key_exprs(key, REG_1 if n == 0 else REG32_00 + n, n == 0, interval, again)
+    return out
+
+
+def _next(ex, i: int, kind: type) -> int | None:
+    return next((j for j in range(i, len(ex)) if isinstance(ex[j], kind)), None)
+
+
+def _keys_of(ex, interval: bool, again: bool) -> tuple[Key, ...]:
+    """The concatenation keys that `ex` (all of it) loads, or () if it is anything else."""
+    keys, j = [], 0
+    while j < len(ex):
+        n = len(keys)
+        reg = REG_1 if n == 0 else REG32_00 + n
+        for key in Key:
+            want = _normal(key_exprs(key, reg, n == 0, interval, again))
+            if _normal(ex[j:j + len(want)]) == want:
+                keys.append(key)
+                j += len(want)
+                break
+        else:
+            return ()
+    return tuple(keys)
 
 
 def _is_eq(ex, i: int, size: int) -> bool:
@@ -249,7 +290,7 @@ def _normal(exprs) -> list:
 
 # Tried in this order: a lookup's keys, DHCP's ports and an address start like simpler
 # matches (a lookup keyed by ip saddr starts like IpAddr, but IpAddr needs a cmp next).
-MATCHES = (SetLookup, UdpPorts, IpAddr, Interface, Family, L4Proto, CtDirection, CtRelated)
+MATCHES = (SetLookup, SetAdd, UdpPorts, IpAddr, Interface, Family, L4Proto, CtDirection, CtRelated)
 VERDICTS = {"accept": w.NF_ACCEPT, "drop": w.NF_DROP}
 
 

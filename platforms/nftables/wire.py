@@ -10,7 +10,7 @@ import functools
 import socket
 import struct
 
-from platforms.nftables.shape import SET_FIELDS, TABLE, set_name
+from platforms.nftables.shape import FIELDS, HOT_SETS, HOT_SIZE, HOT_TIMEOUT_MS, SET_FIELDS, SET_NAMES, TABLE, set_name
 
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
@@ -37,12 +37,13 @@ NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK, NFTA_CHAIN_POLICY, NFTA_CHAI
 NFTA_HOOK_HOOKNUM, NFTA_HOOK_PRIORITY = 1, 2
 NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_USERDATA = 1, 2, 4, 7
 NFTA_SET_TABLE, NFTA_SET_NAME, NFTA_SET_FLAGS, NFTA_SET_KEY_TYPE, NFTA_SET_KEY_LEN = 1, 2, 3, 4, 5
-NFTA_SET_DESC, NFTA_SET_ID = 9, 10
-NFTA_SET_DESC_CONCAT, NFTA_SET_FIELD_LEN = 2, 1
-SET_F_INTERVAL, SET_F_TIMEOUT, SET_F_CONCAT = 0x4, 0x10, 0x80
+NFTA_SET_DESC, NFTA_SET_ID, NFTA_SET_TIMEOUT = 9, 10, 11
+NFTA_SET_DESC_SIZE, NFTA_SET_DESC_CONCAT, NFTA_SET_FIELD_LEN = 1, 2, 1
+SET_F_INTERVAL, SET_F_TIMEOUT, SET_F_EVAL, SET_F_CONCAT = 0x4, 0x10, 0x20, 0x80
 # Every set takes element timeouts (host exceptions and expires_at, DESIGN §11);
 # elements without one never expire.
 SET_FLAGS = SET_F_INTERVAL | SET_F_TIMEOUT | SET_F_CONCAT
+HOT_SET_FLAGS = SET_F_TIMEOUT | SET_F_EVAL  # exact keys (a hash), filled by packets
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_TIMEOUT, NFTA_SET_ELEM_EXPIRATION, NFTA_SET_ELEM_KEY_END = 1, 4, 5, 10
 NFTA_DATA_VALUE, NFTA_DATA_VERDICT, NFTA_VERDICT_CODE = 1, 2, 1
@@ -53,7 +54,7 @@ NF_DROP, NF_ACCEPT = 0, 1
 # nft datatype ids, combined for concatenations as (t1 << 6 | t2) << 6 | t3 ...
 DTYPE = {"ipv4_addr": 7, "inet_proto": 12, "inet_service": 13}
 FIELD_LEN = {"ipv4_addr": 4, "inet_proto": 1, "inet_service": 2}
-SET_IDS = {name: i + 1 for i, name in enumerate(SET_FIELDS)}
+SET_IDS = {name: i + 1 for i, name in enumerate(SET_NAMES)}
 ELEMENTS_PER_MSG = 1000  # a nested attribute is at most 64 KiB
 
 
@@ -137,16 +138,25 @@ def chain_body(name: str) -> bytes:
 
 
 def set_body(name: str, gen: str, table: str = TABLE) -> bytes:
-    fields = SET_FIELDS[name]
+    """NEWSET of `name` (an interval set of SET_FIELDS, or one of their HOT_SETS)."""
+    fields = FIELDS[name]
     key_type = 0
     for f in fields:
         key_type = key_type << 6 | DTYPE[f]
-    concat = b"".join(nest(NFTA_LIST_ELEM, u32(NFTA_SET_FIELD_LEN, FIELD_LEN[f])) for f in fields)
-    return (s(NFTA_SET_TABLE, table) + s(NFTA_SET_NAME, set_name(name, gen))
-            + u32(NFTA_SET_FLAGS, SET_FLAGS)
+    head = (s(NFTA_SET_TABLE, table) + s(NFTA_SET_NAME, set_name(name, gen))
+            + u32(NFTA_SET_FLAGS, set_flags(name))
             + u32(NFTA_SET_KEY_TYPE, key_type) + u32(NFTA_SET_KEY_LEN, 4 * len(fields))
-            + u32(NFTA_SET_ID, SET_IDS[name] + (4 if gen == "b" else 0))
-            + nest(NFTA_SET_DESC, nest(NFTA_SET_DESC_CONCAT, concat)))
+            + u32(NFTA_SET_ID, SET_IDS[name] + (len(SET_IDS) if gen == "b" else 0)))
+    if name in HOT_SETS:
+        return (head + attr(NFTA_SET_TIMEOUT, struct.pack(">Q", HOT_TIMEOUT_MS))
+                + nest(NFTA_SET_DESC, u32(NFTA_SET_DESC_SIZE, HOT_SIZE)))
+    concat = b"".join(nest(NFTA_LIST_ELEM, u32(NFTA_SET_FIELD_LEN, FIELD_LEN[f])) for f in fields)
+    return head + nest(NFTA_SET_DESC, nest(NFTA_SET_DESC_CONCAT, concat))
+
+
+def set_flags(name: str) -> int:
+    return HOT_SET_FLAGS if name in HOT_SETS else SET_FLAGS
+
 
 
 def pack_key(fields, values) -> bytes:

@@ -197,12 +197,15 @@ def test_a_device_added_while_isolated_is_seen_and_hooked(lab, nft_backend):  # 
     assert 'hook egress device "tap9"' in listed and 'hook ingress device "late0"' in listed
 
 
-def test_netdev_set_elements_are_read_back_and_a_tampered_set_repaired(lab, nft_backend, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("target", ["out_l4", "out_l4_hot"])
+def test_netdev_set_elements_are_read_back_and_a_tampered_set_repaired(lab, nft_backend, tmp_path, target):  # noqa: F811
     """An element added to a netdev set by root (outside's udp/9, the raw frame's flow)
-    opens the raw path below an intact inet table: read-back names it, apply repairs."""
+    opens the raw path below an intact inet table: read-back names it, apply repairs.
+    The same for a key put into the hot set in front of it, which packets fill only
+    with keys of the interval set (DESIGN §6: what a root process adds is tamper)."""
     from platforms.nftables import NftablesBackend
     e_ns, outside = lab.ns("endpoint"), lab.addr("outside", 4)
-    tamper = f"add element netdev cordon out_l4_a {{ {outside} . 17 . 9 }}"
+    tamper = f"add element netdev cordon {target}_a {{ {outside} . 17 . 9 }}"
     nft_backend.apply(plan_a())
     if nft_backend.read_back().details["tamper"] == "blocked":  # owned: refused outright
         assert _nft(e_ns, tamper).returncode != 0
@@ -219,9 +222,12 @@ def test_netdev_set_elements_are_read_back_and_a_tampered_set_repaired(lab, nft_
         assert nft_backend.read_back().enforces(plan_a()), nft_backend.read_back().details["problems"]
         assert _raw_send(lab, False, ("ipv4-udp",)) == {"ipv4-udp": False, "receiver alive": True}
         gen = nft_backend.read_back().details["set_generation"]
-        assert _nft(e_ns, tamper.replace("out_l4_a", f"out_l4_{gen}")).returncode == 0
+        assert _nft(e_ns, tamper.replace(f"{target}_a", f"{target}_{gen}")).returncode == 0
         assert _raw_send(lab, False, ("ipv4-udp",))["ipv4-udp"], "the added element opens the raw path"
-        _named_then_repaired(lab, nft_backend, f"netdev set out_l4_{gen}: elements differ from table inet cordon's")
+        _named_then_repaired(lab, nft_backend, {
+            "out_l4": f"netdev set out_l4_{gen}: elements differ from table inet cordon's",
+            "out_l4_hot": f"netdev cordon set out_l4_hot_{gen}: 1 keys in no element of out_l4_{gen} "
+                          f"(e.g. {outside} . 17 . 9)"}[target])
     finally:
         nft_backend.clear()
         nft_backend.close()
