@@ -210,15 +210,15 @@ class NftablesBackend(Backend):
         dhcp = readback.has_dhcp(seen)
         servers = readback.dhcp_servers(seen) if dhcp else ()
         problems = list(state.shape_problems) + readback.rule_problems(seen, chain_rules(dhcp, servers))
-        held = self._hot_may_hold(elements)
-        problems += readback.hot_problems(sock, gen, held, w.NFPROTO_INET, f"inet {TABLE}")
+        hot = self._hot_may_hold(elements)
+        problems += readback.hot_problems(sock, gen, hot, w.NFPROTO_INET, f"inet {TABLE}")
         if state.flags & 1:
             problems.append(f"table inet {TABLE} is dormant (unhooked)")
         if state.flags & w.TABLE_F_PERSIST != self._flags() & w.TABLE_F_PERSIST:
             problems.append(f"table inet {TABLE} flags {w.flag_names(state.flags)} differ from "
                             f"{w.flag_names(self._flags())}")
         below, below_problems = netdev.read_back(sock, self._flags(), list_devices(self.netns), dhcp, gen,
-                                                 {n: elements.get(n, ()) for n in SET_FIELDS}, servers, held)
+                                                 {n: elements.get(n, ()) for n in SET_FIELDS}, servers, hot)
         problems += below_problems
         rules = {c: len(r) for c, r in seen.items()}
         details = {
@@ -247,17 +247,17 @@ class NftablesBackend(Backend):
             digest = atoms_digest(dhcp, atoms_from_elements(elements), servers)
         return ReadBack(True, digest, details)
 
-    def _hot_may_hold(self, elements: dict) -> dict:
+    def _hot_may_hold(self, elements: dict) -> readback.HotIndex:
         """What a hot set's keys may lie in: the elements read back, and those of this
         process's plan that lapsed by their kernel timeout in the last second (a key put
         into a hot set just before stays up to HOT_TIMEOUT_MS longer)."""
-        if self._ruleset is None:
-            return elements
         now = time.time()
-        held = {n: list(items) for n, items in elements.items()}
-        for name, ends in self._ruleset.expires.items():
-            held.setdefault(name, []).extend(el for el, at in ends.items() if now - 1 <= at <= now)
-        return held
+        lapsed = {name: [el for el, at in ends.items() if now - 1 <= at <= now]
+                  for name, ends in (self._ruleset.expires if self._ruleset else {}).items()}
+        if not any(lapsed.values()):
+            return readback.HotIndex(elements)
+        return readback.HotIndex({n: list(elements.get(n, ())) + lapsed.get(n, [])
+                                  for n in set(elements) | set(lapsed)})
 
     def close(self) -> None:
         # Closing the socket gives up ownership; the persist flag keeps the table.

@@ -28,8 +28,8 @@ from platforms.plan import DHCP_BROADCAST
 from platforms.nftables import wire as w
 from platforms.nftables.exprs import (DYNSET_ADD, Cmp, Dynset, Immediate, Lookup, Meta, Payload,
                                       Undecodable, decode_list, encode_list)
-from platforms.nftables.readback import hook_policy, hot_problems, set_elements, table_chains
-from platforms.nftables.shape import SET_NAMES, TABLE, set_name
+from platforms.nftables.readback import HotIndex, hook_policy, hot_problems, set_elements, table_chains
+from platforms.nftables.shape import SET_NAMES, TABLE, hot_set, set_name
 from platforms.nftables.vocabulary import userdata, tag_of
 
 NFPROTO_NETDEV = 5
@@ -66,16 +66,18 @@ def _lookup(addr_off: int, port_off: int | None, base: str, gen: str):
     return _keys(addr_off, port_off) + [Lookup(set_name(base, gen), REG_1, 0)]
 
 
-def _cached(tag: str, addr_off: int, port_off: int | None, base: str, gen: str, text: str):
+def _cached(tag: str, addr_off: int, port_off: int | None, base: str, gen: str, key_text: str):
     """As render._cached: the hot set, then the interval set filling the hot set, then the
-    interval set alone (reached only when the hot set is full)."""
-    hot = f"{base}_hot"
+    interval set alone (reached only when the hot set is full). `key_text`: the keys in
+    nft's words."""
+    hot = hot_set(base)
+    find = _ipv4() + _lookup(addr_off, port_off, base, gen)
     fill = _keys(addr_off, port_off) + [Dynset(set_name(hot, gen), DYNSET_ADD, REG_1, 0, 0)]
-    key_text = text.split(" @")[0].replace("meta protocol ip ", "", 1)
-    return [(f"{tag}-hot", _ipv4() + _lookup(addr_off, port_off, hot, gen), f"{text.split(' @')[0]} @{hot}_{gen}"),
-            (f"{tag}-fill", _ipv4() + _lookup(addr_off, port_off, base, gen) + fill,
-             f"{text} add @{hot}_{gen} {{ {key_text} }}"),
-            (tag, _ipv4() + _lookup(addr_off, port_off, base, gen), text)]
+    text = f"meta protocol ip {key_text} @{set_name(base, gen)}"
+    return [(f"{tag}-hot", _ipv4() + _lookup(addr_off, port_off, hot, gen),
+             f"meta protocol ip {key_text} @{set_name(hot, gen)}"),
+            (f"{tag}-fill", find + fill, f"{text} add @{set_name(hot, gen)} {{ {key_text} }}"),
+            (tag, find, text)]
 
 
 def _udp(sport: int, dport: int):
@@ -135,10 +137,9 @@ def chain_rules(dhcp: bool, gen: str, servers: tuple[str, ...] = ()) -> dict[str
         for kind, port_off, d in l4:
             port = "th dport" if port_off == _DPORT else "th sport"
             chain += _cached(f"cordon/nd-{tag}-{kind}-l4", addr_off, port_off, f"{d}_l4", g,
-                             f"meta protocol ip {peer} . meta l4proto . {port} @{d}_l4_{g}")
+                             f"{peer} . meta l4proto . {port}")
         for kind, _port_off, d in l4:
-            chain += _cached(f"cordon/nd-{tag}-{kind}-l3", addr_off, None, f"{d}_l3", g,
-                             f"meta protocol ip {peer} . meta l4proto @{d}_l3_{g}")
+            chain += _cached(f"cordon/nd-{tag}-{kind}-l3", addr_off, None, f"{d}_l3", g, f"{peer} . meta l4proto")
     ingress += [(f"cordon/nd-in-icmp-{name}", _ipv4() + [
         Meta(REG_1, META_L4PROTO), _eq(REG_1, b"\x01"), Payload(REG_1, BASE_TRANSPORT, 0, 1),
         _eq(REG_1, bytes([t]))], f"meta protocol ip meta l4proto icmp icmp type {name}")
@@ -247,7 +248,7 @@ def render_text(rs, devices, gen: str = "a") -> str:
 
 def read_back(sock, flags_wanted: int, devices, dhcp: bool, gen: str,
               elements: dict | None = None, servers: tuple[str, ...] = (),
-              hot_held: dict | None = None) -> tuple[dict, list[str]]:
+              hot: HotIndex | None = None) -> tuple[dict, list[str]]:
     """What table netdev cordon holds against what it must hold: flags (a dormant table
     is unhooked), one ingress and one egress chain per device with hook, priority,
     policy and device, every rule by tag and value, and every set's elements against
@@ -295,7 +296,7 @@ def read_back(sock, flags_wanted: int, devices, dhcp: bool, gen: str,
         if set_elements(sock, name, gen, NFPROTO_NETDEV) != want:
             problems.append(f"netdev set {set_name(name, gen)}: elements differ from table inet {TABLE}'s")
     if elements is not None:
-        problems += hot_problems(sock, gen, elements if hot_held is None else hot_held, NFPROTO_NETDEV,
+        problems += hot_problems(sock, gen, HotIndex(elements) if hot is None else hot, NFPROTO_NETDEV,
                                  f"netdev {TABLE}")
     details = {"table": f"netdev {TABLE}", "table_flags": w.flag_names(flags), "owner_portid": owner,
                "devices": sorted({v[3] for v in chains.values() if v[3]})}

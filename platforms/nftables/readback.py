@@ -161,19 +161,34 @@ def rule_problems(seen: dict[str, list[SeenRule]], expected: dict[str, tuple[Rul
     return problems
 
 
-def hot_problems(sock: NftSocket, gen: str, elements: dict, family: int, table: str) -> list[str]:
+def hot_problems(sock: NftSocket, gen: str, index: "HotIndex", family: int, table: str) -> list[str]:
     """Every key in a hot set must lie in an element of the interval set it caches (as
-    read back: `elements`); packets only put such keys there, so another is tamper (a
-    table without owner|persist can be written by any root process)."""
+    `index` holds them); packets only put such keys there, so another is tamper (a table
+    without owner|persist can be written by any root process)."""
     problems = []
     for hot, base in HOT_SETS.items():
-        index = _Stab(elements.get(base, ()))
-        strays = [key for key in set_elements(sock, hot, gen, family) if not index.holds(key)]
+        strays = [key for key in set_elements(sock, hot, gen, family) if not index.holds(base, key)]
         if strays:
             first = " . ".join([str(ipaddress.IPv4Address(strays[0][0][0]))] + [str(v) for v, _ in strays[0][1:]])
             problems.append(f"{table} set {set_name(hot, gen)}: {len(strays)} keys in no element of "
                             f"{set_name(base, gen)} (e.g. {first})")
     return problems
+
+
+class HotIndex:
+    """The elements a hot set's keys may lie in, {set name: elements}, with a stabbing
+    index per set built at its first look (a read-back whose hot sets are empty builds
+    none; the inet and the netdev check share one)."""
+
+    def __init__(self, elements: dict) -> None:
+        self.elements = elements
+        self._stabs: dict[str, _Stab] = {}
+
+    def holds(self, base: str, key) -> bool:
+        stab = self._stabs.get(base)
+        if stab is None:
+            stab = self._stabs[base] = _Stab(self.elements.get(base, ()))
+        return stab.holds(key)
 
 
 class _Stab:

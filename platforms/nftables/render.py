@@ -28,7 +28,7 @@ from platforms.plan import DHCP_BROADCAST, DHCP_CLIENT_PORT, DHCP_SERVER_PORT, P
 from platforms.nftables.boxes import disjoint, disjoint_timed
 from platforms.nftables.shape import (DHCP_BROADCAST_TAG, DHCP_SERVER_TAG, CHAIN_HOOKS, FIELDS, HOT_SETS, HOT_SIZE,
                                      HOT_TIMEOUT_MS, PROTO_NAME, PROTO_NUM, SET_FIELDS, SET_NAMES, TABLE,
-                                     set_name)
+                                     hot_set, set_name)
 from platforms.nftables.vocabulary import (CtDirection, CtRelated, Family, Interface, IpAddr, Key, L4Proto,
                                            Rule, SetAdd, SetLookup, UdpPorts)
 
@@ -135,7 +135,7 @@ def _cached(tag: str, head: tuple, keys: tuple, base: str) -> list[Rule]:
     """The rules that accept a packet whose `keys` are in interval set `base`: first the
     hot set (exact keys, a hash lookup); then the interval set, putting the keys into the
     hot set; then the interval set alone, which only a full hot set leaves to it."""
-    hot = f"{base}_hot"
+    hot = hot_set(base)
     return [Rule(f"{tag}-hot", head + (SetLookup(keys, hot),), "accept"),
             Rule(f"{tag}-fill", head + (SetLookup(keys, base), SetAdd(keys, hot)), "accept"),
             Rule(tag, head + (SetLookup(keys, base),), "accept")]
