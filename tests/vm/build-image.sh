@@ -45,8 +45,8 @@ mmdebstrap --variant=apt --include="$pkgs" \
   --customize-hook="cp -L \"\$1/vmlinuz\" \"\$1/initrd.img\" '$tmp/' && chroot \"\$1\" sh -c 'ls /lib/modules' > '$tmp/kernel.txt'" \
   bookworm "$tmp/root" "$sources" >&2
 t1=$(date +%s)
-mkfs.ext4 -q -F -L cordon-root -d "$tmp/root" "$tmp/disk.raw" 3G
-qemu-img convert -O qcow2 "$tmp/disk.raw" "$tmp/disk.qcow2"
+mkfs.ext4 -q -F -L cordon-root -d "$tmp/root" "$tmp/disk.raw" 3G >&2  # it says "Creating regular file" on stdout
+qemu-img convert -O qcow2 "$tmp/disk.raw" "$tmp/disk.qcow2" >&2
 rm -f "$tmp/disk.raw"
 rm -rf "$tmp/root"
 mkdir -p "$out"
