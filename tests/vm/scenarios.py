@@ -34,15 +34,18 @@ class VmStory(Story):
     def _loop(self, before, after, powered_off: bool = False) -> ProbeLoop:
         """Peer-to-guest flows that must pass (or stay blocked) before and after; the guest's
         own outbound flows are judged on the wire. While the guest is `powered_off` (a
-        reboot) nothing can answer, so only the flows that must stay blocked are watched:
-        a leak still fails the step; vendor reachability is checked once the agent is up."""
+        reboot) nothing can answer, so only the flows that must stay blocked are watched,
+        and a receiver that could not say whether a nonce arrived is asked again once it is
+        back (its responder keeps what it received across the boot): a leak still fails the
+        step; vendor reachability is checked once the agent is up."""
         both = lambda v: [p for p in self.probes if p.src != GUEST and not p.sport
                           and before[p] == v and after[p] == v]
         must_pass = [] if powered_off else _spread(both(ALLOWED))
         return ProbeLoop(self.lab, must_pass=must_pass, must_block=_spread(both(BLOCKED)),
-                         interval=0.25, timeout=2.0 * load_factor())
+                         interval=0.25, timeout=2.0 * load_factor(), ask_again=powered_off)
 
-    def _watched(self, title: str, explanation: str, action, change=None, powered_off=False) -> Step:
+    def _watched(self, title: str, explanation: str, action, change=None, powered_off=False,
+                 timeout: float | None = None) -> Step:
         """Run `action()` (which returns a list of problems) under the loop and the wire
         watch, then check the whole matrix against the model (changed by `change`)."""
         t0 = time.monotonic()
@@ -65,10 +68,12 @@ class VmStory(Story):
             problems += [f"WIRE LEAK {line}" for line in leaks[:20]]
             if len(leaks) > 20:
                 problems.append(f"... {len(leaks) - 20} more packets left the guest")
-        return self.check(title, explanation, loop.report, problems, started=t0)
+        return self.check(title, explanation, loop.report, problems, started=t0, timeout=timeout)
 
-    def _step(self, title, explanation, cli, change) -> Step:
-        return self._watched(title, explanation, lambda: (cli(), [])[1], change)
+    def _step(self, title, explanation, cli, change, timeout: float | None = None) -> Step:
+        """The harness's step (Story._step: `timeout` is the matrix check's per probe),
+        watched on the wire too."""
+        return self._watched(title, explanation, lambda: (cli(), [])[1], change, timeout=timeout)
 
     # --- boot and install ------------------------------------------------------------------
     def install(self) -> Step:
