@@ -252,6 +252,9 @@ class LoopReport:
     # yet, lost once the first ones came (its reply has no conntrack state: first_rule.py).
     # Shown, not counted as a loss.
     crossed: list = field(default_factory=list)
+    # blocked probes whose receiver could not answer at the time (a guest that was down)
+    # and that its responder, back again, says it never received: not leaks. Shown.
+    settled: list = field(default_factory=list)
     first_rule: float | None = None  # seconds into the loop when the first rule came
 
     @property
@@ -262,7 +265,9 @@ class LoopReport:
         lines = [f"{self.rounds} rounds, {len(self.leaks)} leaks, {len(self.losses)} losses, "
                  f"{len(self.unknown)} unknown"
                  + (f", {len(self.crossed)} sent before the first rule (+{self.first_rule:.3f}s) and "
-                    "lost with it (no conntrack state for their replies)" if self.crossed else "")]
+                    "lost with it (no conntrack state for their replies)" if self.crossed else "")
+                 + (f", {len(self.settled)} unanswered at the time and never received (asked again "
+                    "once the receiver was back)" if self.settled else "")]
         lines += [f"  LEAK +{t:.3f}s {p.label()}: {d}" for t, p, d in self.leaks[:20]]
         lines += [f"  LOSS +{t:.3f}s {p.label()}: {d}" for t, p, d in self.losses[:20]]
         lines += [f"  UNKNOWN +{t:.3f}s {p.label()}: {d}" for t, p, d in self.unknown[:20]]
@@ -281,7 +286,8 @@ class ProbeLoop:
     """
 
     def __init__(self, lab, must_pass=(), must_block=(), interval: float = 0.05,
-                 timeout: float | None = None, first_rule_in: str | None = None) -> None:
+                 timeout: float | None = None, first_rule_in: str | None = None,
+                 ask_again: bool = False) -> None:
         # A round trip slower than this counts as a loss. 0.5 s on an idle machine (below
         # TCP's 1 s SYN retransmit, so a dropped SYN is not hidden), scaled with the load
         # (so is a `timeout` given): a busy machine delays the responder, not the verdict.
@@ -293,8 +299,15 @@ class ProbeLoop:
         # transition brings (normal -> isolated). Allowed exchanges sent before the first
         # rule came and lost are reported as crossed, not as losses (first_rule.py says why).
         self._first_rule_in = first_rule_in
+        # `ask_again`: a receiver that cannot answer SEEN at the time (a guest rebooting) is
+        # asked again when the loop stops; its responder keeps what it received across
+        # restarts (responder --seen-log), so YES is a leak, NO settles it, silence stays
+        # unknown. Whatever reached the receiver's kernel with no responder listening made
+        # it answer on the wire, which the VM tier's WireWatch judges.
+        self._ask_again = ask_again
         self._first: FirstRule | None = None
         self._sent: dict[int, float] = {}  # id(loss entry) -> seconds into the loop when sent
+        self._nonces: dict[int, str] = {}  # id(unknown entry) -> its nonce, to ask again
         self._t0 = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
@@ -320,7 +333,9 @@ class ProbeLoop:
             if seen == "YES":
                 self.report.leaks.append((t, p, "receiver got the nonce"))
             elif seen != "NO":
-                self.report.unknown.append((t, p, f"{fail}; receiver's responder did not answer SEEN"))
+                entry = (t, p, f"{fail}; receiver's responder did not answer SEEN")
+                self._nonces[id(entry)] = nonce
+                self.report.unknown.append(entry)
 
     async def _repeat(self, p: Probe, t0: float, should_pass: bool) -> None:
         # A new attempt every interval, without waiting for the last one to time out:
@@ -377,7 +392,30 @@ class ProbeLoop:
                 rep.crossed = [x for x in rep.losses if crossed(x)]
                 rep.losses = [x for x in rep.losses if not crossed(x)]
             self._first = None
+        if self._ask_again and self.report.unknown:
+            self._settle()
         return self.report
+
+    def _settle(self) -> None:
+        rep, still = self.report, []
+
+        async def ask_all() -> list[str | None]:
+            gate = asyncio.Semaphore(32)  # the guest's control channel is one serial line
+
+            async def ask(entry):
+                async with gate:
+                    return await _control(self.lab.ctl_path(entry[1].dst), f"SEEN {self._nonces[id(entry)]}")
+            return await asyncio.gather(*(ask(e) for e in rep.unknown))
+
+        for entry, seen in zip(rep.unknown, asyncio.run(ask_all())):
+            t, p, _ = entry
+            if seen == "YES":
+                rep.leaks.append((t, p, "receiver got the nonce (asked again after the loop)"))
+            elif seen == "NO":
+                rep.settled.append(entry)
+            else:
+                still.append(entry)
+        rep.unknown = still
 
     def __enter__(self) -> "ProbeLoop":
         return self.start()

@@ -20,16 +20,32 @@ MAX_LINE = 256
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 
 
+MAX_SEEN = 1_000_000
+
+
 class Responder:
-    def __init__(self) -> None:
+    """`seen_log`: a file every new nonce is appended to and that is read back at start,
+    so `SEEN` also answers for what an earlier run of the responder received (a guest
+    that rebooted: the nonces that reached its old responder during the shutdown)."""
+
+    def __init__(self, seen_log: str | None = None) -> None:
         self.seen: set[str] = set()
         self.ports: set[int] = set()
         self._keep: list = []  # servers, transports, raw sockets
+        self._log = None
+        if seen_log:
+            os.makedirs(os.path.dirname(seen_log) or ".", exist_ok=True)
+            with open(seen_log, "a+", encoding="ascii", errors="replace") as f:
+                f.seek(0)
+                self.seen.update(line.strip() for line in f if line.strip())
+            self._log = os.open(seen_log, os.O_WRONLY | os.O_APPEND)
 
     def record(self, data: bytes) -> str:
         nonce = data.decode("ascii", "replace").strip().strip("\0")
-        if nonce and len(self.seen) < 1_000_000:
+        if nonce and nonce not in self.seen and len(self.seen) < MAX_SEEN:
             self.seen.add(nonce)
+            if self._log is not None and nonce.isalnum():  # one line per nonce: nothing else
+                os.write(self._log, nonce.encode() + b"\n")  # in the kernel at once; an orderly reboot syncs it
         return nonce
 
     async def listen(self, port: int) -> None:
@@ -137,8 +153,8 @@ class Responder:
             writer.close()
 
 
-async def serve(ctl: str, ports: list[int]) -> None:
-    r = Responder()
+async def serve(ctl: str, ports: list[int], seen_log: str | None = None) -> None:
+    r = Responder(seen_log)
     for p in ports:
         await r.listen(p)
     r.watch_icmp()
@@ -157,12 +173,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(prog="responder")
     ap.add_argument("--ctl", required=True, help="path of the Unix control socket")
     ap.add_argument("--ports", default="", help="comma-separated TCP/UDP ports")
+    ap.add_argument("--seen-log", default=None, help="file that keeps the nonces received across restarts")
     args = ap.parse_args()
     # Die with the harness even if it is killed with SIGKILL (PR_SET_PDEATHSIG).
     ctypes.CDLL(None).prctl(1, signal.SIGTERM)
     if os.getppid() == 1:
         return
-    asyncio.run(serve(args.ctl, [int(p) for p in args.ports.split(",") if p]))
+    asyncio.run(serve(args.ctl, [int(p) for p in args.ports.split(",") if p], args.seen_log))
 
 
 if __name__ == "__main__":

@@ -59,8 +59,9 @@ After=local-fs.target
 [Service]
 WorkingDirectory={dir}
 RuntimeDirectory=cordon-test
+StateDirectory=cordon-test
 # bash stays the parent: the responder exits when its parent is pid 1
-ExecStart=/bin/bash -c 'python3 -m tests.harness.responder --ctl {ctl} --ports {ports}; exit $?'
+ExecStart=/bin/bash -c 'python3 -m tests.harness.responder --ctl {ctl} --ports {ports} --seen-log /var/lib/cordon-test/seen.log; exit $?'
 Restart=always
 RestartSec=0.2
 [Install]
