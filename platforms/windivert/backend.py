@@ -9,9 +9,11 @@ Handles of one generation (one applied plan):
           plan, allowed ones are re-injected. Its filter never matches loopback, vendor,
           DNS or DHCP traffic (see filter.py), so those never depend on Python.
 
-Crash semantics: handles belong to this process. When it dies, Windows removes their
-filters at once and eBPFDivert lets traffic through after its 3 s heartbeat: isolation
-does NOT survive the agent (issue 19).
+Crash semantics: handles belong to the process that opened them. When it dies, Windows
+removes their filters at once and eBPFDivert lets traffic through after its 3 s heartbeat.
+So the agent (role "agent", with a state dir) hands every plan to a guardian process that
+holds its own generation of the same handles (guardian.py): either process alone still
+enforces the plan, and each restarts the other. Both killed: isolation ends.
 
 Read-back: on Linux, eBPFDivert enforces every handle through its TC programs on each
 device (kernel.py). read_back() reads them from the kernel: a deleted clsact qdisc or
@@ -33,13 +35,16 @@ from dataclasses import dataclass, field
 from platforms.plan import Flow, Plan
 from platforms.base import Backend, BackendError, BackendUnavailable, Capabilities, ReadBack, Support
 from platforms.windivert import kernel
+from platforms.windivert.guardian import GuardianLink
 from platforms.windivert.filter import ICMP_REPLY_TYPES, Filters, compile_plan, render
 
-NOTES = ("filters live in handles of the agent process: isolation lasts only while the "
-         "agent runs (Windows drops them at exit; eBPFDivert after a 3 s heartbeat). "
+NOTES = ("filters live in handles of the agent and of its guardian process, each holding the "
+         "whole plan: isolation lasts while either runs (Windows drops a process's handles at "
+         "exit; eBPFDivert after a 3 s heartbeat), and each restarts the other. "
          "Stateless filters: UDP replies of exception flows are checked in user space; "
          "UDP replies of vendor/DNS flows are matched on source port in the kernel.")
 
+GUARDIAN_WAIT_S = 5.0      # apply/clear wait this long for the guardian to follow
 UDP_TIMEOUT = 120.0        # s, like conntrack's assured UDP timeout
 UDP_TABLE_MAX = 65536      # learned UDP flows; new ones are refused when full (fail closed)
 _PROTO_NAME = {6: "tcp", 17: "udp", 1: "icmp"}
@@ -163,17 +168,23 @@ class _Generation:
 
 class WinDivertBackend(Backend):
     name = "windivert"
-    CAPABILITIES = Capabilities(survives_agent_exit=False, blocks_tamper_while_alive=False,
+    CAPABILITIES = Capabilities(survives_agent_exit=True, blocks_tamper_while_alive=False,
                                 atomic_apply=True, cuts_open_connections=True, notes=NOTES)
-    # Two priority slots so that old and new generations never share a priority while both
-    # are open. The guard runs before the drop handle (higher priority = earlier).
-    DROP_PRIORITY = (1000, 1001)
-    GUARD_PRIORITY = (2000, 2001)
+    # Two priority slots per role so that old and new generations, and the agent's and the
+    # guardian's, never share a priority. A guard runs before the drop handles (higher
+    # priority = earlier).
+    PRIORITIES = {"agent": {"drop": (1000, 1001), "guard": (2000, 2001)},
+                  "guardian": {"drop": (900, 901), "guard": (1900, 1901)}}
 
-    def __init__(self, state_dir: str | None = None) -> None:
+    def __init__(self, state_dir: str | None = None, role: str = "agent") -> None:
+        """`role` "agent" with a `state_dir`: every plan is also held by a guardian process
+        (no state dir: this process alone, as in `cordon rules` and unit labs). "guardian":
+        the guardian's own handles."""
         super().__init__(state_dir)
         self._gen: _Generation | None = None
         self._lock = threading.Lock()
+        self._prio = self.PRIORITIES[role]
+        self.guardian = GuardianLink(state_dir) if state_dir and role == "agent" else None
 
     @classmethod
     def is_supported(cls) -> Support:
@@ -213,6 +224,13 @@ class WinDivertBackend(Backend):
             self._gen = gen
             if old is not None:
                 self._close(old)  # only now: never a moment without a DROP handle
+            if self.guardian is not None:
+                # Until it follows, the guardian's old plan and ours are both in force: never
+                # more than either. One that does not follow reads back as not enforcing, so
+                # the engine's reconcile re-applies and starts another.
+                self.guardian.hand_over(plan)
+                self.guardian.ensure()
+                self.guardian.wait_holding(plan.digest(), GUARDIAN_WAIT_S)
 
     def _open(self, gen: _Generation, pydivert) -> None:
         f = gen.filters
@@ -220,11 +238,11 @@ class WinDivertBackend(Backend):
         # Open order: guard, forward, drop. Each only takes more away until the last is in.
         if f.guard:
             self._add(gen, pydivert, "guard", f.guard, pydivert.Layer.NETWORK, pydivert.Flag.DEFAULT,
-                      self.GUARD_PRIORITY[gen.slot], objs["guard"])
+                      self._prio["guard"][gen.slot], objs["guard"])
         self._add(gen, pydivert, "forward", f.forward, pydivert.Layer.NETWORK_FORWARD, pydivert.Flag.DROP,
-                  self.DROP_PRIORITY[gen.slot], objs.get("forward", 0))
+                  self._prio["drop"][gen.slot], objs.get("forward", 0))
         self._add(gen, pydivert, "drop", f.drop, pydivert.Layer.NETWORK, pydivert.Flag.DROP,
-                  self.DROP_PRIORITY[gen.slot], objs["drop"])
+                  self._prio["drop"][gen.slot], objs["drop"])
 
     def _add(self, gen, pydivert, role, text, layer, flags, priority, objects) -> None:
         h = pydivert.Divert(text, layer=layer, priority=priority, flags=flags)
@@ -282,24 +300,39 @@ class WinDivertBackend(Backend):
 
     def clear(self) -> None:
         with self._lock:
+            if self.guardian is not None:
+                self.guardian.withdraw()  # the guardian closes its handles and exits
+                self.guardian.wait_holding(None, GUARDIAN_WAIT_S)
             gen, self._gen = self._gen, None
             if gen is not None:
                 self._close(gen)
 
     def close(self) -> None:
-        # Handles cannot outlive the process on this platform; closing them is what exit does.
-        self.clear()
+        """This process's handles only (what its exit would do): the guardian, if any, goes
+        on enforcing the plan until a restarted agent adopts it or a release withdraws it."""
+        with self._lock:
+            gen, self._gen = self._gen, None
+            if gen is not None:
+                self._close(gen)
 
     # -- read back -------------------------------------------------------------------
 
     def read_back(self) -> ReadBack:
         seen = kernel.attachments()  # outside the lock: a netlink dump, nothing of ours
         missing = kernel.missing(seen) if seen is not None else []
+        held = self.guardian.status() if self.guardian is not None else None
+        guardian = None if self.guardian is None else (
+            {"running": False} if held is None else {"running": True, "pid": held.get("pid"),
+                                                     "digest": held.get("digest")})
         with self._lock:
             gen = self._gen
+            base = {"kernel_read_back": seen is not None, "attachments": seen, "missing_attachments": missing,
+                    "guardian": guardian, "tamper": "detect-and-repair"}
             if gen is None:
-                return ReadBack(False, None, {"handles": [], "kernel_read_back": seen is not None,
-                                              "attachments": seen})
+                # Not ours (a restarted agent before it applies, `cordon status` while the
+                # agent is down): the guardian's handles are what is in force, if any.
+                digest = held.get("digest") if held is not None and not missing else None
+                return ReadBack(held is not None, digest, {"handles": [], **base})
             handles = []
             for h in gen.handles:
                 entry = {"role": h.role, "layer": h.layer, "priority": h.priority,
@@ -311,20 +344,20 @@ class WinDivertBackend(Backend):
                     pass
                 handles.append(entry)
             alive = all(e["open"] for e in handles) and all(t.is_alive() for t in gen.threads)
-            enforcing = alive and not missing
+            # With a guardian, the plan is in force only if it holds it too: a guardian that
+            # died or lags reads as not enforcing, and the engine's re-apply restarts it.
+            partner = self.guardian is None or (held is not None and held.get("digest") == gen.plan.digest())
+            enforcing = alive and not missing and partner
             details = {
+                **base,
                 "shape": gen.filters.shape,
                 "handles": handles,
-                "kernel_read_back": seen is not None,
-                "attachments": seen,
-                "missing_attachments": missing,
-                "tamper": "detect-and-repair",
-                "depends_on_process": True,
+                "depends_on_process": self.guardian is None,
                 "note": "the eBPF programs are read from the kernel (Linux); the filters inside "
-                        "them are the ones this process's handles were opened with, and they "
-                        "vanish when the process exits",
+                        "them are the ones this process's handles (and the guardian's) were "
+                        "opened with, and they vanish when the processes exit",
             }
-            return ReadBack(alive, gen.plan.digest() if enforcing else None, details)
+            return ReadBack(alive or held is not None, gen.plan.digest() if enforcing else None, details)
 
 
 def _pydivert():

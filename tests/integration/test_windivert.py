@@ -67,9 +67,10 @@ def matrix() -> list[Probe]:
 class Agent:
     """The backend in a child process inside the endpoint namespace."""
 
-    def __init__(self, lab) -> None:
+    def __init__(self, lab, state_dir: str | None = None) -> None:
         env = dict(os.environ, PYTHONPATH=REPO_ROOT)
         self.proc = lab.spawn("endpoint", sys.executable, "-m", "tests.integration.windivert_child",
+                              *([state_dir] if state_dir else []),
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT, env=env)
 
     def cmd(self, **msg) -> dict:
@@ -182,8 +183,6 @@ def test_200_exceptions_per_direction(lab, agent):
 
 
 def test_read_back_and_honest_crash_semantics(lab, agent):
-    from platforms.windivert import WinDivertBackend
-    assert WinDivertBackend.capabilities().survives_agent_exit is False
     assert agent.cmd(cmd="read_back")["present"] is False
     agent.apply(PLAN_A)
     rb = agent.cmd(cmd="read_back")
@@ -193,9 +192,9 @@ def test_read_back_and_honest_crash_semantics(lab, agent):
     assert rb["details"]["kernel_read_back"] is True and rb["details"]["depends_on_process"] is True
     assert {h["role"] for h in rb["details"]["handles"]} >= {"drop", "forward"}
     assert lab.probe("endpoint", "outside", "tcp", 443).verdict == BLOCKED
-    # kill -9: the handles die with the process; eBPFDivert lets traffic through once the
-    # handle's heartbeat is older than 3 s. This is why status must say enforcement
-    # depends on the live agent.
+    # kill -9 of a process with no guardian (no state dir): its handles die with it;
+    # eBPFDivert lets traffic through once the handle's heartbeat is older than 3 s. This is
+    # why the agent hands every plan to a guardian (test_windivert_guardian.py).
     agent.proc.send_signal(signal.SIGKILL)
     agent.proc.wait()
     wait_until(lambda: lab.probe("endpoint", "outside", "tcp", 443).verdict == ALLOWED, 10,

@@ -1,7 +1,10 @@
 """A process that holds a WinDivertBackend inside a test namespace (handles are scoped to
 the network namespace of the process that opens them).
 
-    ip netns exec cdn-xxx python -m tests.integration.windivert_child
+    ip netns exec cdn-xxx python -m tests.integration.windivert_child [STATE_DIR]
+
+With STATE_DIR the backend is the agent's (it hands each plan to a guardian process,
+platforms/windivert/guardian.py); without, this process alone holds the handles.
 
 Reads one JSON command per line on stdin, answers one JSON line on stdout:
     {"cmd": "apply", "plan": Plan.to_json()}  -> {"ok": true, "seconds": 0.012}
@@ -19,7 +22,7 @@ from platforms.windivert import WinDivertBackend
 
 
 def main() -> int:
-    backend = WinDivertBackend()
+    backend = WinDivertBackend(state_dir=sys.argv[1] if len(sys.argv) > 1 else None)
     for line in sys.stdin:
         msg = json.loads(line)
         try:
