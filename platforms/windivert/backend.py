@@ -36,7 +36,8 @@ from platforms.plan import Flow, Plan
 from platforms.base import Backend, BackendError, BackendUnavailable, Capabilities, ReadBack, Support
 from platforms.windivert import kernel
 from platforms.windivert.guardian import GuardianLink
-from platforms.windivert.filter import ICMP_REPLY_TYPES, Filters, compile_plan, render
+from platforms.windivert.filter import (EPHEMERAL_DEFAULT, ICMP_REPLY_TYPES, LIMITS, PEER_PORTS_FROM, Filters,
+                                        compile_plan, render)
 
 NOTES = ("filters live in handles of the agent and of its guardian process, each holding the "
          "whole plan: isolation lasts while either runs (Windows drops a process's handles at "
@@ -44,6 +45,9 @@ NOTES = ("filters live in handles of the agent and of its guardian process, each
          "Stateless filters: UDP replies of exception flows are checked in user space; "
          "UDP replies of vendor/DNS flows are matched on source port in the kernel.")
 
+# pydivert's eBPF backend (Linux, the lab's stand-in for WinDivert): seen here.
+EBPF_LIMITS = ("eBPFDivert (Linux): IPv4 fragments and IPv6 packets with a fragment header pass "
+               "every handle whatever its filter (WinDivert on Windows judges each fragment)",)
 GUARDIAN_WAIT_S = 5.0      # apply/clear wait this long for the guardian to follow
 UDP_TIMEOUT = 120.0        # s, like conntrack's assured UDP timeout
 UDP_TABLE_MAX = 65536      # learned UDP flows; new ones are refused when full (fail closed)
@@ -57,7 +61,9 @@ class FlowDecider:
     sent under an out flow; a datagram from the peer is a reply only if it matches one.
     """
 
-    def __init__(self, flows: tuple[Flow, ...], clock=time.monotonic) -> None:
+    def __init__(self, flows: tuple[Flow, ...], clock=time.monotonic,
+                 ephemeral: tuple[int, int] = EPHEMERAL_DEFAULT) -> None:
+        self._ephemeral = ephemeral
         self._exact: dict[int, list[Flow]] = {}
         self._nets: list[tuple[int, int, Flow]] = []
         for f in flows:
@@ -103,10 +109,12 @@ class FlowDecider:
                 return ports_ok(dport)
             if not ports_ok(sport) or new_tcp:
                 return False
-            return name == "tcp" or self._known((dport, remote, sport))
+            if name == "tcp":   # no state in the kernel either: the filter's rule (LIMITS)
+                return self._ephemeral[0] <= dport <= self._ephemeral[1]
+            return self._known((dport, remote, sport))
         if not outbound:
             return ports_ok(dport)
-        return ports_ok(sport) and not new_tcp
+        return ports_ok(sport) and not new_tcp and (name != "tcp" or dport >= PEER_PORTS_FROM)
 
     def _learn(self, key) -> None:
         if key not in self._udp and len(self._udp) >= UDP_TABLE_MAX:
@@ -136,8 +144,8 @@ class FlowDecider:
                 self._udp[(lport, remote, rport)] = until
 
     def decide_packet(self, p) -> bool:
-        if p.ipv4 is None:
-            return False
+        if p.ipv4 is None or p.ipv4.mf or p.ipv4.frag_offset:
+            return False    # fragments: never judged (filter.py drops them too)
         proto = p.protocol[0]
         tcp = p.tcp
         icmp = p.icmpv4
@@ -159,6 +167,7 @@ class _Handle:
 class _Generation:
     plan: Plan
     filters: Filters
+    ephemeral: tuple[int, int]
     slot: int
     decider: FlowDecider
     handles: list[_Handle] = field(default_factory=list)
@@ -198,22 +207,25 @@ class WinDivertBackend(Backend):
 
     def render(self, plan: Plan) -> str:
         try:  # host exceptions first: their names and current addresses
-            return "".join(f"# {line}\n" for line in plan.host_lines()) + render(plan)
+            return "".join(f"# {line}\n" for line in plan.host_lines()) + \
+                render(plan, kernel.ephemeral_ports(EPHEMERAL_DEFAULT)) + \
+                "".join(f"# limit: {text}\n" for text in limits()[len(LIMITS):])
         except ValueError as exc:
             raise BackendError(str(exc)) from exc
 
     # -- apply / clear ------------------------------------------------------------
 
     def apply(self, plan: Plan) -> None:
+        ephemeral = kernel.ephemeral_ports(EPHEMERAL_DEFAULT)
         try:
-            filters = compile_plan(plan)
+            filters = compile_plan(plan, ephemeral=ephemeral)
         except ValueError as exc:
             raise BackendError(str(exc)) from exc
         pydivert = _pydivert()
         with self._lock:
             old = self._gen
             slot = 0 if old is None else 1 - old.slot
-            gen = _Generation(plan, filters, slot, FlowDecider(plan.flows))
+            gen = _Generation(plan, filters, ephemeral, slot, FlowDecider(plan.flows, ephemeral=ephemeral))
             if old is not None:
                 gen.decider.adopt(old.decider)
             try:
@@ -320,6 +332,7 @@ class WinDivertBackend(Backend):
     def read_back(self) -> ReadBack:
         seen = kernel.attachments()  # outside the lock: a netlink dump, nothing of ours
         missing = kernel.missing(seen) if seen is not None else []
+        ephemeral = kernel.ephemeral_ports(EPHEMERAL_DEFAULT)
         held = self.guardian.status() if self.guardian is not None else None
         guardian = None if self.guardian is None else (
             {"running": False} if held is None else {"running": True, "pid": held.get("pid"),
@@ -327,7 +340,7 @@ class WinDivertBackend(Backend):
         with self._lock:
             gen = self._gen
             base = {"kernel_read_back": seen is not None, "attachments": seen, "missing_attachments": missing,
-                    "guardian": guardian, "tamper": "detect-and-repair"}
+                    "guardian": guardian, "tamper": "detect-and-repair", "limits": limits()}
             if gen is None:
                 # Not ours (a restarted agent before it applies, `cordon status` while the
                 # agent is down): the guardian's handles are what is in force, if any.
@@ -347,10 +360,14 @@ class WinDivertBackend(Backend):
             # With a guardian, the plan is in force only if it holds it too: a guardian that
             # died or lags reads as not enforcing, and the engine's re-apply restarts it.
             partner = self.guardian is None or (held is not None and held.get("digest") == gen.plan.digest())
-            enforcing = alive and not missing and partner
+            # The host's connections now come from another range than the filters let
+            # replies in to: out of date, so the engine's re-apply compiles it again.
+            same_ports = gen.ephemeral == ephemeral
+            enforcing = alive and not missing and partner and same_ports
             details = {
                 **base,
                 "shape": gen.filters.shape,
+                "ephemeral_ports": {"filters": list(gen.ephemeral), "host": list(ephemeral)},
                 "handles": handles,
                 "depends_on_process": self.guardian is None,
                 "note": "the eBPF programs are read from the kernel (Linux); the filters inside "
@@ -358,6 +375,11 @@ class WinDivertBackend(Backend):
                         "opened with, and they vanish when the processes exit",
             }
             return ReadBack(alive or held is not None, gen.plan.digest() if enforcing else None, details)
+
+
+def limits() -> list[str]:
+    """The paths this backend leaves open, for `status` (backend.limits) and `cordon rules`."""
+    return list(LIMITS) + (list(EBPF_LIMITS) if sys.platform.startswith("linux") else [])
 
 
 def _pydivert():

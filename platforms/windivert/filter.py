@@ -7,14 +7,19 @@ matches and lets the rest go on. So the kernel filter is NOT(allowed), written a
 Semantics (the same as the nftables backend, as far as a stateless filter allows):
 - loopback always passes; IPv6, other protocols and forwarded packets are dropped;
 - out flow: host->peer packets to the flow's ports pass; peer->host packets pass only
-  as replies: TCP from the flow's ports unless SYN without ACK (a new connection),
-  ICMP of reply/error types. UDP replies of *exception* flows cannot be told apart from
-  unsolicited datagrams by a stateless filter, so they go to the "guard" handle, which
-  lets them in only for a (local port, peer, peer port) the host sent to first.
-  Vendor and DNS flows stay in the kernel (they must never depend on Python), so their
-  UDP replies are matched statelessly on the source port: documented weakness.
+  as replies: TCP from the flow's ports to a local ephemeral port (the host's connections
+  come from there) unless SYN without ACK (a new connection), ICMP of reply/error types.
+  UDP replies of *exception* flows cannot be told apart from unsolicited datagrams by a
+  stateless filter, so they go to the "guard" handle, which lets them in only for a
+  (local port, peer, peer port) the host sent to first. Vendor and DNS flows stay in the
+  kernel (they must never depend on Python), so their UDP replies are matched statelessly
+  on the source port and a local ephemeral port: a listed limit (LIMITS).
 - in flow: peer->host to the local ports pass (SYN included); host->peer replies pass
-  only from those local ports, and never as a TCP SYN without ACK.
+  only from those local ports, and never as a TCP SYN without ACK nor as TCP to a peer's
+  well-known port (below 1024: a peer's connections come from above).
+- IPv4 fragments are dropped (but on loopback): a filter judges packets, and a fragment
+  after the first carries no ports, so it cannot be judged like the datagram it belongs to.
+WinDivert keeps no connection state, so TCP replies are matched statelessly too: LIMITS.
 
 Two shapes, chosen by size (WinDivert rejects filters of more than 256 objects):
 - "exact": every flow in the kernel DROP filter; the guard sees only exception UDP.
@@ -35,6 +40,20 @@ MAX_OBJECTS = 256          # WINDIVERT_FILTER_MAXLEN on Windows
 OBJECT_BUDGET = 200        # keep a margin below the hard limit
 COARSE_MAX_RANGES = 24     # address ranges in the coarse shape (4 objects each per direction)
 ICMP_REPLY_TYPES = (0, 3, 11)  # echo reply, destination unreachable, time exceeded
+EPHEMERAL_DEFAULT = (49152, 65535)  # Windows' default dynamic port range (IANA's)
+PEER_PORTS_FROM = 1024         # a peer's own connections come from its ephemeral ports
+FRAGMENT = "(ip.MF or ip.FragOff != 0)"
+
+LIMITS = (
+    "no connection state: TCP segments other than a bare SYN from an allowed peer address and "
+    "port to a local ephemeral port (out flows), and from an allowed local port to a peer port "
+    "above 1023 (in flows), pass without a connection; the host's stack answers those with RST",
+    "no connection state: UDP datagrams from the vendor's and the resolvers' address and port to "
+    "a local ephemeral port pass without the host having sent first (exception UDP replies are "
+    "checked against what the host sent)",
+    "IPv4 fragments are dropped: a datagram larger than the path MTU does not pass (DNS answers "
+    "that big need TCP); IPv6 is dropped entirely",
+)
 
 _FIELD = re.compile(r"\b(?:[a-z]+\.[A-Za-z]+|outbound|inbound|loopback|ipv6|ip|tcp|udp|icmp|icmpv6|impostor)\b")
 
@@ -97,7 +116,11 @@ def _protos(flow: Flow) -> tuple[str, ...]:
     return ("tcp", "udp", "icmp", "other") if flow.protocol == "any" else (flow.protocol,)
 
 
-def _flow_terms(flow: Flow, udp_to_guard: bool) -> tuple[list[str], list[str]]:
+def _range(field: str, lo: int, hi: int) -> str:
+    return f"{field} >= {lo} and {field} <= {hi}"
+
+
+def _flow_terms(flow: Flow, udp_to_guard: bool, ephemeral: tuple[int, int]) -> tuple[list[str], list[str]]:
     """(outbound terms, inbound terms) that let `flow` and its replies through the kernel."""
     out_t: list[str] = []
     in_t: list[str] = []
@@ -122,15 +145,17 @@ def _flow_terms(flow: Flow, udp_to_guard: bool) -> tuple[list[str], list[str]]:
         if flow.direction == "out":
             out_t.append(_all(proto, dst, *filter(None, [_ports(f"{proto}.DstPort", flow.ports)])))
             reply = [proto, src, *filter(None, [_ports(f"{proto}.SrcPort", flow.ports)])]
+            to_ours = _range(f"{proto}.DstPort", *ephemeral)
             if proto == "tcp":
-                in_t.append(_all(*reply, _no_new_tcp()))
+                in_t.append(_all(*reply, to_ours, _no_new_tcp()))
             elif not udp_to_guard:
-                in_t.append(_all(*reply))
+                in_t.append(_all(*reply, to_ours))
             # else: the UDP reply region passes the kernel only towards the guard (see guard_region)
         else:
             in_t.append(_all(proto, src, *filter(None, [_ports(f"{proto}.DstPort", flow.ports)])))
             reply = [proto, dst, *filter(None, [_ports(f"{proto}.SrcPort", flow.ports)])]
-            out_t.append(_all(*reply, _no_new_tcp()) if proto == "tcp" else _all(*reply))
+            out_t.append(_all(*reply, f"tcp.DstPort >= {PEER_PORTS_FROM}", _no_new_tcp()) if proto == "tcp"
+                         else _all(*reply))
     return out_t, in_t
 
 
@@ -170,7 +195,7 @@ def _guarded(flow: Flow) -> bool:
     return flow.origin == "exception" and flow.direction == "out" and flow.protocol in ("udp", "any")
 
 
-def base_allowed(plan: Plan) -> str:
+def base_allowed(plan: Plan, ephemeral: tuple[int, int] = EPHEMERAL_DEFAULT) -> str:
     """Loopback, vendor, DNS and DHCP: always decided in the kernel, never by the guard."""
     out_t: list[str] = []
     in_t: list[str] = []
@@ -179,7 +204,7 @@ def base_allowed(plan: Plan) -> str:
         out_t += o
         in_t += i
     for flow in sorted(f for f in plan.flows if f.origin != "exception"):
-        o, i = _flow_terms(flow, udp_to_guard=False)
+        o, i = _flow_terms(flow, udp_to_guard=False, ephemeral=ephemeral)
         out_t += o
         in_t += i
     body = _by_direction(out_t, in_t)
@@ -223,19 +248,27 @@ def _coarse_region(plan: Plan) -> str:
 
 
 def _negate(allowed: str) -> str:
-    return f"({allowed} ? false : true)"
+    """Drop what `allowed` does not match, and every IPv4 fragment but on loopback."""
+    return f"(loopback ? false : ({FRAGMENT} ? true : ({allowed} ? false : true)))"
 
 
-def compile_plan(plan: Plan, budget: int = OBJECT_BUDGET) -> Filters:
-    """The filters that enforce `plan`. Raises ValueError if even the coarse shape
-    does not fit (too many vendor/DNS flows to keep them in the kernel)."""
-    base = base_allowed(plan)
+def _guarded_by(base: str, region: str) -> str:
+    """The guard's filter: the region, never what the kernel decides, never a fragment."""
+    return f"({base} ? false : ({FRAGMENT} ? false : {region}))"
+
+
+def compile_plan(plan: Plan, budget: int = OBJECT_BUDGET,
+                 ephemeral: tuple[int, int] = EPHEMERAL_DEFAULT) -> Filters:
+    """The filters that enforce `plan`; replies of connections the host opened are let in
+    to its `ephemeral` port range (first, last). Raises ValueError if even the coarse
+    shape does not fit (too many vendor/DNS flows to keep them in the kernel)."""
+    base = base_allowed(plan, ephemeral)
     exceptions = sorted(f for f in plan.flows if f.origin == "exception")
     forward = "true"  # no plan flow is ever forwarded: the host must not route around isolation
 
     out_t, in_t = [], []
     for flow in exceptions:
-        o, i = _flow_terms(flow, udp_to_guard=_guarded(flow))
+        o, i = _flow_terms(flow, udp_to_guard=_guarded(flow), ephemeral=ephemeral)
         out_t += o
         in_t += i
     guarded = [f for f in exceptions if _guarded(f)]
@@ -243,24 +276,26 @@ def compile_plan(plan: Plan, budget: int = OBJECT_BUDGET) -> Filters:
     exc_allowed = _any([_all("ip", _by_direction(out_t, in_t)) if (out_t or in_t) else "", guard_region or ""])
     allowed = _any([base, exc_allowed]) if exc_allowed != "false" else base
     drop = _negate(allowed)
-    guard = f"({base} ? false : {guard_region})" if guard_region else None
+    guard = _guarded_by(base, guard_region) if guard_region else None
     if count_objects(drop) <= budget and (guard is None or count_objects(guard) <= budget):
         return Filters("exact", drop, forward, guard)
 
     region = _coarse_region(plan)
     drop = _negate(_any([base, region]))
-    guard = f"({base} ? false : {region})"
+    guard = _guarded_by(base, region)
     if count_objects(drop) > budget:
         raise ValueError(f"flows: vendor/DNS/DHCP flows alone need {count_objects(drop)} WinDivert filter "
                          f"objects, more than the budget of {budget}")
     return Filters("coarse", drop, forward, guard)
 
 
-def render(plan: Plan) -> str:
+def render(plan: Plan, ephemeral: tuple[int, int] = EPHEMERAL_DEFAULT) -> str:
     """The text `cordon rules --backend windivert` prints: each handle and its filter."""
-    f = compile_plan(plan)
+    f = compile_plan(plan, ephemeral=ephemeral)
     objs = f.objects()
-    lines = [f"# WinDivert filters, shape {f.shape} (plan digest {plan.digest()}, mode {plan.mode})",
+    lines = [f"# WinDivert filters, shape {f.shape} (plan digest {plan.digest()}, mode {plan.mode}, "
+             f"local ephemeral ports {ephemeral[0]}-{ephemeral[1]})",
+             *(f"# limit: {text}" for text in LIMITS),
              f"# handle drop: layer NETWORK, flags DROP, {objs['drop']} objects",
              f.drop,
              f"# handle forward: layer NETWORK_FORWARD, flags DROP, {objs['forward']} objects",

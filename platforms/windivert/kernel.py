@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 
+PORT_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
 PROGRAM_PREFIX = "tc_divert_"
 PARENTS = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}
 
@@ -44,3 +45,16 @@ def missing(seen: dict[str, dict[str, list[str]]]) -> list[str]:
     """"device/hook" for every hook of every device without an eBPFDivert program."""
     return [f"{dev}/{hook}" for dev, hooks in sorted(seen.items()) for hook in PARENTS
             if not any(n.startswith(PROGRAM_PREFIX) for n in hooks.get(hook, []))]
+
+
+def ephemeral_ports(default: tuple[int, int]) -> tuple[int, int]:
+    """The local port range the host's own connections come from: Linux's sysctl in this
+    process's network namespace; elsewhere `default` (Windows' default dynamic range)."""
+    if not sys.platform.startswith("linux"):
+        return default
+    try:
+        with open(PORT_RANGE) as f:
+            lo, hi = (int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        return default
+    return (lo, hi) if 0 < lo <= hi <= 65535 else default

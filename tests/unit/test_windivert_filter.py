@@ -7,6 +7,7 @@ deliberate change, then read the diff; the oracle tests say whether it is right.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from pathlib import Path
@@ -15,8 +16,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from platforms.plan import Flow, Plan, PortRange
-from platforms.windivert.filter import (MAX_OBJECTS, compile_plan, count_objects, exception_ranges,
-                                        render)
+from platforms.windivert import filter as wd_filter
+from platforms.windivert.filter import MAX_OBJECTS, count_objects, exception_ranges, render
 
 from tests.conftest import require  # noqa: E402
 from tests.golden import check_golden  # noqa: E402
@@ -68,6 +69,12 @@ def plan_50_50() -> Plan:
         flows.append(Flow("in", "tcp", f"198.51.100.{i + 100}/32", _p(22, 3389, (6000, 6000 + i)), name=f"i{i}"))
     return Plan("standard", VENDOR + tuple(flows), True, 3, dhcp_servers=(LEASED,))
 
+
+# The host's ephemeral port range here (Linux's default; the backend reads the real one):
+# the connections it opens come from these local ports, those a peer opens from >= 1024.
+EPHEMERAL = (32768, 60999)
+PEER_EPHEMERAL_FROM = 1024
+compile_plan = functools.partial(wd_filter.compile_plan, ephemeral=EPHEMERAL)
 
 PLANS = {"zero_exceptions": plan_zero, "strict": plan_strict, "cidrs": plan_cidrs, "fifty_fifty": plan_50_50}
 
@@ -138,12 +145,16 @@ def build(outbound: bool, proto: int, peer: str, sport: int, dport: int, flags: 
     return pydivert.Packet(ip + l4, direction=d, loopback=loopback)
 
 
-def oracle(plan: Plan, outbound, proto, peer, sport, dport, flags, icmp_type, learned) -> bool:
+def oracle(plan: Plan, outbound, proto, peer, sport, dport, flags, icmp_type, learned,
+           limits: bool = True) -> bool:
     """Allowed? From DESIGN 1, not from the compiler. A flow lets one side open
     connections (the host for `out`, the peer for `in`); packets of the other direction
     pass only as replies of a connection that side opened (`learned`), never because of
     their source port ("no stateless 'source port 443 is a reply' shortcut"). DHCP is
-    DHCP only, to the broadcast address or the leased server: no peer here is either."""
+    DHCP only, to the broadcast address or the leased server: no peer here is either.
+    `limits`: with the losses WinDivert's LIMITS declare - replies judged without state
+    are let in only to the opener's ephemeral port (the host's range for TCP and vendor/DNS
+    UDP, >= 1024 for a peer's TCP), so a connection opened from another port gets none."""
     pname = {6: "tcp", 17: "udp", 1: "icmp"}.get(proto, "other")
     syn_only = proto == 6 and flags & 0x02 and not flags & 0x10  # opens; never a reply
     for f in plan.flows:
@@ -160,8 +171,19 @@ def oracle(plan: Plan, outbound, proto, peer, sport, dport, flags, icmp_type, le
         if originating and has(dport):
             return True
         if not originating and learned and has(sport) and not syn_only:
+            if limits and not _opener_port_ok(f, pname, dport):
+                continue
             return True
     return False
+
+
+def _opener_port_ok(f: Flow, pname: str, port: int) -> bool:
+    """LIMITS: the port a stateless reply goes to must be one its opener's connections use."""
+    if f.direction == "out" and (pname == "tcp" or (pname == "udp" and f.origin != "exception")):
+        return EPHEMERAL[0] <= port <= EPHEMERAL[1]
+    if f.direction == "in" and pname == "tcp":
+        return port >= PEER_EPHEMERAL_FROM
+    return True
 
 
 def _dhcp_shaped(proto, sport, dport) -> bool:
@@ -175,7 +197,7 @@ def enforce(plan: Plan, pkt, learned: bool) -> bool:
         return False
     if f.guard and pkt.matches(f.guard):
         from platforms.windivert.backend import FlowDecider
-        d = FlowDecider(plan.flows)
+        d = FlowDecider(plan.flows, ephemeral=EPHEMERAL)
         if learned and pkt.udp is not None and not pkt.is_outbound:
             d.decide(True, 17, HOST, pkt.src_addr, pkt.dst_port, pkt.src_port)  # the host sent first
         return d.decide_packet(pkt)
@@ -213,8 +235,11 @@ def test_enforced_verdict_matches_the_contract_on_opened_flows(name, outbound, p
     assert enforce(plan, pkt, True) == want
 
 
-STATELESS = pytest.mark.xfail(strict=True, reason="issue 19: WinDivert passes replies by source "
-                                                  "port/protocol without a connection the host opened")
+STATELESS = pytest.mark.xfail(strict=True, reason="issue 19: WinDivert keeps no connection state: a "
+                                                  "segment or datagram from an allowed peer address and "
+                                                  "port to a local ephemeral port passes without a "
+                                                  "connection (filter.LIMITS; exactly that exposure: "
+                                                  "test_without_a_connection_only_the_listed_exposure_passes)")
 
 
 @pytest.mark.parametrize("outbound, proto, peer, sport, dport, flags", [
@@ -306,3 +331,86 @@ def test_dhcp_passes_only_as_dhcp_to_the_broadcast_or_the_leased_server(name, pa
                 pkt = build(outbound, 17, peer, sport, dport, payload=data, local=local)
                 got = not pkt.matches(compile_plan(plan).drop)
                 assert got == want, (name, payload, outbound, peer, local, sport, dport)
+
+
+# --- fragments and the stateless exposure (issue 19) -------------------------------------
+
+def _fragment(pkt, more: bool, offset_units: int):
+    """The same IPv4 packet as a fragment: MF flag and fragment offset (8-byte units)."""
+    raw = bytearray(pkt.raw)
+    raw[6:8] = struct.pack("!H", (0x2000 if more else 0) | offset_units)
+    return pydivert.Packet(bytes(raw), direction=pkt.direction, loopback=pkt.is_loopback)
+
+
+@pytest.mark.parametrize("name", sorted(PLANS))
+def test_ipv4_fragments_are_dropped_even_of_allowed_flows(name):
+    f = compile_plan(PLANS[name]())
+    allowed = [build(True, 6, "198.51.100.10", 40000, 443), build(False, 17, "198.51.100.53", 53, 40000),
+               build(True, 17, "198.51.100.53", 40000, 53)]
+    for pkt in allowed:
+        assert not pkt.matches(f.drop), pkt          # whole: it passes
+        for more, off in ((True, 0), (True, 185), (False, 185)):
+            frag = _fragment(pkt, more, off)
+            assert frag.matches(f.drop), (frag, more, off)
+            assert f.guard is None or not frag.matches(f.guard)   # never judged in user space
+    lo = _fragment(build(True, 17, "192.0.2.99", 40000, 53, loopback=True), True, 0)
+    assert not lo.matches(f.drop)                    # loopback is never touched
+
+
+ISSUE_FORGED = [  # what the issue saw arrive, each with no connection behind it
+    (False, 6, "198.51.100.10", 443, 22, 0x18),      # vendor:443 -> ep:22 ACK+data
+    (False, 17, "198.51.100.53", 53, 20053, 0),      # dns:53 -> ep udp/20053
+    (False, 6, "203.0.113.1", 443, 5555, 0x18),      # exception peer:443 -> ep:5555 ACK+data
+    (True, 6, "198.51.100.100", 3389, 22, 0x18),     # ep:3389 -> in-flow peer:22 ACK+data
+]
+
+
+@pytest.mark.parametrize("outbound, proto, peer, sport, dport, flags", ISSUE_FORGED)
+def test_the_forged_packets_of_the_issue_are_dropped(outbound, proto, peer, sport, dport, flags):
+    plan = plan_50_50()   # o0 out tcp 203.0.113.1 443; i0 in tcp 198.51.100.100 22/3389
+    assert oracle(plan, outbound, proto, peer, sport, dport, flags, 0, False) is False
+    assert enforce(plan, build(outbound, proto, peer, sport, dport, flags, 0), False) is False
+
+
+def _listed_exposure(plan: Plan, outbound, proto, peer, sport, dport, flags) -> bool:
+    """The packets WinDivert's LIMITS say pass without a connection, from their text."""
+    bare_syn = proto == 6 and flags & 0x02 and not flags & 0x10
+    for f in plan.flows:
+        if ipaddress.IPv4Address(peer) not in f.ip_network:
+            continue
+        has = lambda p: not f.ports or any(r.first <= p <= r.last for r in f.ports)  # noqa: E731
+        ours = EPHEMERAL[0] <= dport <= EPHEMERAL[1]
+        if proto == 6 and f.protocol in ("tcp", "any") and not bare_syn:
+            if f.direction == "out" and not outbound and has(sport) and ours:
+                return True
+            if f.direction == "in" and outbound and has(sport) and dport >= PEER_EPHEMERAL_FROM:
+                return True
+        if proto == 17 and f.protocol in ("udp", "any") and f.origin in ("vendor", "dns") \
+                and f.direction == "out" and not outbound and has(sport) and ours:
+            return True
+    return False
+
+
+@pytest.mark.parametrize("name", sorted(PLANS))
+@settings(max_examples=600, deadline=None, derandomize=True)
+@given(outbound=st.booleans(), proto=st.sampled_from([6, 17]), peer=st.sampled_from(PEERS),
+       sport=st.sampled_from(PORTS + [50000]), dport=st.sampled_from(PORTS + [50000]),
+       flags=st.sampled_from([0x02, 0x12, 0x10, 0x18, 0x04]))
+def test_without_a_connection_only_the_listed_exposure_passes(name, outbound, proto, peer, sport, dport, flags):
+    """Packets no connection explains: what passes is what the contract allows without
+    state (a peer opening an in flow, the host opening an out flow) plus exactly the
+    exposure LIMITS name - nothing more, and all of that exposure really passes."""
+    from hypothesis import assume
+    assume(not _dhcp_shaped(proto, sport, dport))
+    plan = PLANS[name]()
+    got = enforce(plan, build(outbound, proto, peer, sport, dport, flags), False)
+    want = oracle(plan, outbound, proto, peer, sport, dport, flags, 0, False) or \
+        _listed_exposure(plan, outbound, proto, peer, sport, dport, flags)
+    assert got == want
+
+
+def test_the_limits_are_in_the_rules_text():
+    text = render(plan_zero(), ephemeral=EPHEMERAL)
+    for limit in wd_filter.LIMITS:
+        assert f"# limit: {limit}\n" in text
+    assert "local ephemeral ports 32768-60999" in text
