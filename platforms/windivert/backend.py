@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from platforms.plan import Flow, Plan
 from platforms.base import Backend, BackendError, BackendUnavailable, Capabilities, ReadBack, Support
 from platforms.windivert import kernel
-from platforms.windivert.guardian import GuardianLink
 from platforms.windivert.filter import (EPHEMERAL_DEFAULT, ICMP_REPLY_TYPES, LIMITS, PEER_PORTS_FROM, Filters,
                                         compile_plan, render)
 
@@ -193,7 +192,12 @@ class WinDivertBackend(Backend):
         self._gen: _Generation | None = None
         self._lock = threading.Lock()
         self._prio = self.PRIORITIES[role]
-        self.guardian = GuardianLink(state_dir) if state_dir and role == "agent" else None
+        self.guardian = None
+        if state_dir and role == "agent":
+            # Imported here: `python -m platforms.windivert.guardian` must not find its own
+            # module already loaded through this package's __init__ (runpy warns, twice loaded).
+            from platforms.windivert.guardian import GuardianLink
+            self.guardian = GuardianLink(state_dir)
 
     @classmethod
     def is_supported(cls) -> Support:
@@ -208,8 +212,7 @@ class WinDivertBackend(Backend):
     def render(self, plan: Plan) -> str:
         try:  # host exceptions first: their names and current addresses
             return "".join(f"# {line}\n" for line in plan.host_lines()) + \
-                render(plan, kernel.ephemeral_ports(EPHEMERAL_DEFAULT)) + \
-                "".join(f"# limit: {text}\n" for text in limits()[len(LIMITS):])
+                render(plan, kernel.ephemeral_ports(EPHEMERAL_DEFAULT), limits())
         except ValueError as exc:
             raise BackendError(str(exc)) from exc
 
@@ -340,7 +343,7 @@ class WinDivertBackend(Backend):
         with self._lock:
             gen = self._gen
             base = {"kernel_read_back": seen is not None, "attachments": seen, "missing_attachments": missing,
-                    "guardian": guardian, "tamper": "detect-and-repair", "limits": limits()}
+                    "guardian": guardian, "tamper": "detect-and-repair", "limits": list(limits())}
             if gen is None:
                 # Not ours (a restarted agent before it applies, `cordon status` while the
                 # agent is down): the guardian's handles are what is in force, if any.
@@ -377,9 +380,9 @@ class WinDivertBackend(Backend):
             return ReadBack(alive or held is not None, gen.plan.digest() if enforcing else None, details)
 
 
-def limits() -> list[str]:
+def limits() -> tuple[str, ...]:
     """The paths this backend leaves open, for `status` (backend.limits) and `cordon rules`."""
-    return list(LIMITS) + (list(EBPF_LIMITS) if sys.platform.startswith("linux") else [])
+    return LIMITS + (EBPF_LIMITS if sys.platform.startswith("linux") else ())
 
 
 def _pydivert():

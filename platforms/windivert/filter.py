@@ -289,13 +289,14 @@ def compile_plan(plan: Plan, budget: int = OBJECT_BUDGET,
     return Filters("coarse", drop, forward, guard)
 
 
-def render(plan: Plan, ephemeral: tuple[int, int] = EPHEMERAL_DEFAULT) -> str:
-    """The text `cordon rules --backend windivert` prints: each handle and its filter."""
+def render(plan: Plan, ephemeral: tuple[int, int] = EPHEMERAL_DEFAULT, limits: tuple[str, ...] = LIMITS) -> str:
+    """The text `cordon rules --backend windivert` prints: the paths it leaves open
+    (`limits`), each handle and its filter."""
     f = compile_plan(plan, ephemeral=ephemeral)
     objs = f.objects()
     lines = [f"# WinDivert filters, shape {f.shape} (plan digest {plan.digest()}, mode {plan.mode}, "
              f"local ephemeral ports {ephemeral[0]}-{ephemeral[1]})",
-             *(f"# limit: {text}" for text in LIMITS),
+             *(f"# limit: {text}" for text in limits),
              f"# handle drop: layer NETWORK, flags DROP, {objs['drop']} objects",
              f.drop,
              f"# handle forward: layer NETWORK_FORWARD, flags DROP, {objs['forward']} objects",

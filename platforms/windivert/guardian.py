@@ -170,6 +170,9 @@ def main() -> None:
     code = 1
     try:
         code = run(args.state_dir)
+    except OSError as exc:   # no such state dir, not ours to write: say so, change nothing
+        print(f"cordon-windivert-guardian: state dir {args.state_dir}: {exc.strerror or exc}", file=sys.stderr)
+        code = 2
     finally:
         os._exit(code)
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from . import netns
 from .errors import HarnessError
 from .first_rule import FirstRule
+from .packets import checksum
 from .waits import scaled, wait_until
 
 ALLOWED, BLOCKED, ERROR = "ALLOWED", "BLOCKED", "ERROR"
@@ -57,15 +58,6 @@ class Result:
 
 
 # --- one round trip, from a namespace to an address -------------------------
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    s = (s >> 16) + (s & 0xFFFF)
-    s += s >> 16
-    return ~s & 0xFFFF
-
 
 def _sockaddr(addr: str, port: int, family: int):
     return (addr, port) if family == 4 else (addr, port, 0, 0)
@@ -109,7 +101,7 @@ async def round_trip(ns: str, addr: str, proto: str, port: int | None, family: i
                 typ = 8 if family == 4 else 128
                 head = struct.pack("!BBHHH", typ, 0, 0, ident, 1)
                 if family == 4:  # the kernel fills the ICMPv6 checksum itself
-                    head = struct.pack("!BBHHH", typ, 0, _checksum(head + payload), ident, 1)
+                    head = struct.pack("!BBHHH", typ, 0, checksum(head + payload), ident, 1)
                 await loop.sock_sendto(sock, head + payload, (addr, 0))
                 while True:
                     data = await loop.sock_recv(sock, 2048)

@@ -18,6 +18,7 @@ import pytest
 from tests.harness import ALLOWED, BLOCKED, netns
 from tests.harness.errors import HarnessError
 from tests.harness.lab import load_factor
+from tests.harness.packets import udp_packet
 from tests.harness.waits import wait_until
 from tests.integration.nft_fixtures import nft_backend  # noqa: F401  (fixture)
 from tests.integration.nft_plans import plan_a
@@ -116,28 +117,6 @@ def _open_tun(lab, name: str) -> int:
     return fd
 
 
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f">{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
-def _udp_packet(family: int, src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
-    length = 8 + len(payload)
-    af = socket.AF_INET if family == 4 else socket.AF_INET6
-    s, d = socket.inet_pton(af, src), socket.inet_pton(af, dst)
-    pseudo = s + d + (struct.pack(">BBH", 0, 17, length) if family == 4 else struct.pack(">I3xB", length, 17))
-    udp = struct.pack(">HHHH", sport, dport, length, 0) + payload
-    udp = udp[:6] + struct.pack(">H", _csum(pseudo + udp) or 0xFFFF) + udp[8:]
-    if family == 6:
-        return struct.pack(">IHBB", 6 << 28, length, 17, 64) + s + d + udp
-    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + length, 0, 0, 64, 17, 0, s, d)
-    return ip[:10] + struct.pack(">H", _csum(ip)) + ip[12:] + udp
-
-
 def _tun_read(fd: int, nonce: bytes, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while (left := deadline - time.monotonic()) > 0:
@@ -172,7 +151,7 @@ def _tun_paths(lab, fd: int) -> dict:
         try:
             r.bind((TUN_LOCAL[f], TUN_PORT))
             nonce = secrets.token_bytes(16)
-            os.write(fd, _udp_packet(f, TUN_PEER[f], TUN_LOCAL[f], 40001, TUN_PORT, nonce))
+            os.write(fd, udp_packet(f, TUN_PEER[f], TUN_LOCAL[f], 40001, TUN_PORT, nonce))
             r.settimeout(wait)
             try:
                 seen[f"in v{f}"] = r.recv(2048) == nonce

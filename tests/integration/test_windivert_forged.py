@@ -10,7 +10,7 @@ path), then isolated: only the exposure `LIMITS` name may arrive, and it must.
 """
 from __future__ import annotations
 
-import ipaddress
+import json
 import socket
 import struct
 import subprocess
@@ -19,45 +19,12 @@ import time
 import pytest
 
 from tests.harness import netns
+from tests.harness.packets import ipv4_header, ipv6_header, tcp_segment, udp_segment
 from tests.integration.test_windivert import PLAN_A, Agent
 
 pytestmark = pytest.mark.root
 
 COUNT_TABLE = "cdnt_count"
-
-
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
-def ipv4(src: str, dst: str, proto: int, payload: bytes, ident: int, more: bool = False, offset8: int = 0,
-         total_payload: int | None = None) -> bytes:
-    frag = (0x2000 if more else 0) | offset8
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), ident, frag, 64, proto, 0,
-                      ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed)
-    hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
-    return hdr + payload
-
-
-def _l4_csum(src: str, dst: str, proto: int, segment: bytes) -> int:
-    pseudo = ipaddress.IPv4Address(src).packed + ipaddress.IPv4Address(dst).packed + \
-        struct.pack("!BBH", 0, proto, len(segment))
-    return _csum(pseudo + segment)
-
-
-def tcp(src: str, dst: str, sport: int, dport: int, flags: int, data: bytes = b"") -> bytes:
-    seg = struct.pack("!HHIIBBHHH", sport, dport, 1000, 2000, 0x50, flags, 4096, 0, 0) + data
-    return seg[:16] + struct.pack("!H", _l4_csum(src, dst, 6, seg)) + seg[18:]
-
-
-def udp(src: str, dst: str, sport: int, dport: int, data: bytes) -> bytes:
-    seg = struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data
-    return seg[:6] + struct.pack("!H", _l4_csum(src, dst, 17, seg) or 0xFFFF) + seg[8:]
 
 
 class Case:
@@ -78,12 +45,12 @@ def cases(lab, fragments: bool = False) -> list[Case]:
 
     def seg(name, src, dst, sport, dport, flags=0x18, exposed=False):
         s, d = a(src), a(dst)
-        out.append(Case(name, src, dst, [ipv4(s, d, 6, tcp(s, d, sport, dport, flags, data), 1)],
+        out.append(Case(name, src, dst, [ip(s, d, 6, tcp_segment(s, d, sport, dport, flags, data), 1)],
                         f"ip saddr {s} ip frag-off & 0x3fff == 0 tcp sport {sport} tcp dport {dport}", exposed))
 
     def dgram(name, src, dst, sport, dport, exposed=False):
         s, d = a(src), a(dst)
-        out.append(Case(name, src, dst, [ipv4(s, d, 17, udp(s, d, sport, dport, data), 2)],
+        out.append(Case(name, src, dst, [ip(s, d, 17, udp_segment(4, s, d, sport, dport, data), 2)],
                         f"ip saddr {s} ip frag-off & 0x3fff == 0 udp sport {sport} udp dport {dport}", exposed))
 
     # what the issue saw arrive
@@ -101,15 +68,15 @@ def cases(lab, fragments: bool = False) -> list[Case]:
         return out
     out = []
     # fragments: a 3000-byte UDP datagram from the resolver's port, a SYN in two pieces
-    big = udp(dns, ep, 53, 40000, b"x" * 2992)
+    big = udp_segment(4, dns, ep, 53, 40000, b"x" * 2992)
     out.append(Case("dns:53 -> ep:40000 3000-byte UDP in 3 fragments", "dns", "endpoint",
-                    [ipv4(dns, ep, 17, big[0:1480], 3, more=True),
-                     ipv4(dns, ep, 17, big[1480:2960], 3, more=True, offset8=185),
-                     ipv4(dns, ep, 17, big[2960:], 3, offset8=370)],
+                    [ip(dns, ep, 17, big[0:1480], 3, more=True),
+                     ip(dns, ep, 17, big[1480:2960], 3, more=True, offset8=185),
+                     ip(dns, ep, 17, big[2960:], 3, offset8=370)],
                     f"ip saddr {dns} ip frag-off & 0x3fff != 0"))
-    syn = tcp(jump, ep, 40002, 22, 0x02)
+    syn = tcp_segment(jump, ep, 40002, 22, 0x02)
     out.append(Case("jump -> ep:22 SYN in two fragments (8 + 12 bytes)", "jump", "endpoint",
-                    [ipv4(jump, ep, 6, syn[:8], 4, more=True), ipv4(jump, ep, 6, syn[8:], 4, offset8=1)],
+                    [ip(jump, ep, 6, syn[:8], 4, more=True), ip(jump, ep, 6, syn[8:], 4, offset8=1)],
                     f"ip saddr {jump} ip frag-off & 0x3fff != 0"))
     o6, e6 = lab.addr("outside", 6), lab.addr("endpoint", 6)
     atomic = _ipv6_atomic_fragment(o6, e6, 40003, 4444, data)
@@ -118,13 +85,14 @@ def cases(lab, fragments: bool = False) -> list[Case]:
     return out
 
 
+def ip(src: str, dst: str, proto: int, payload: bytes, ident: int, more: bool = False, offset8: int = 0) -> bytes:
+    return ipv4_header(src, dst, proto, len(payload), ident, more, offset8) + payload
+
+
 def _ipv6_atomic_fragment(src: str, dst: str, sport: int, dport: int, data: bytes) -> bytes:
-    s, d = ipaddress.IPv6Address(src).packed, ipaddress.IPv6Address(dst).packed
-    seg = struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data
-    pseudo = s + d + struct.pack("!I3xB", len(seg), 17)
-    seg = seg[:6] + struct.pack("!H", _csum(pseudo + seg) or 0xFFFF) + seg[8:]
+    seg = udp_segment(6, src, dst, sport, dport, data)
     frag = struct.pack("!BBHI", 17, 0, 0, 0x5EED)   # next header UDP, offset 0, M=0: atomic
-    return struct.pack("!IHBB", 6 << 28, len(frag) + len(seg), 44, 64) + s + d + frag + seg
+    return ipv6_header(src, dst, 44, len(frag) + len(seg)) + frag + seg
 
 
 def _nft(lab, host: str, text: str) -> None:
@@ -139,7 +107,6 @@ def install_counters(lab, all_cases: list[Case]) -> None:
 
 
 def counts(lab, all_cases: list[Case]) -> dict[int, int]:
-    import json
     got: dict[int, int] = {}
     for host in sorted({c.dst for c in all_cases}):
         out = netns.run_in(lab.ns(host), "nft", "-j", "list", "table", "inet", COUNT_TABLE).stdout
@@ -170,14 +137,6 @@ def pin_neighbours(lab) -> None:
                           lab.addr("outside", 6)).stdout.split(" dev ")[1].split()[0]
     mac = netns.run_in(lab.ns("endpoint"), "cat", f"/sys/class/net/{ep_dev}/address").stdout.strip()
     netns.run_in(lab.ns("router"), "ip", "-6", "neigh", "replace", e6, "lladdr", mac, "dev", dev, "nud", "permanent")
-
-
-@pytest.fixture
-def lab():
-    from tests.harness import Lab
-    with Lab() as lab:
-        lab.listen([4444])
-        yield lab
 
 
 def run_cases(lab, all_cases: list[Case], plan) -> dict[int, int]:

@@ -36,16 +36,8 @@ STALL_S = HEARTBEAT_S + 1.0
 
 
 @pytest.fixture
-def lab():
-    from tests.harness import Lab
-    with Lab() as lab:
-        lab.listen([4444])
-        yield lab
-
-
-@pytest.fixture
 def state_dir(tmp_path, lab):
-    """The agent's state dir; teardown kills the guardians started for it (found by it:
+    """The agent's state dir (the lab: conftest's); teardown kills the guardians started for it (found by it:
     nothing else), before the lab removes the namespace they run in."""
     d = tmp_path / "state"
     d.mkdir(mode=0o700)
