@@ -1,13 +1,18 @@
 """WinDivert backend: enforce a Plan with pydivert handles (Windows; Linux through eBPFDivert).
 
-Handles of one generation (one applied plan):
-- drop    NETWORK layer, Flag.DROP: the kernel drops everything the plan does not allow.
+Handles of one generation (one applied plan), filters from filter.py:
+- base    NETWORK layer, Flag.DROP: anything but IPv4, IPv4 fragments (Windows), and DHCP-port
+          packets that are not DHCP to a peer the plan lets them reach.
+- dropN   NETWORK layer, Flag.DROP, one per address range: drops a packet whose remote
+          address is in its range unless a flow there allows it. A packet must pass every
+          handle, so together they allow what the plan allows; each filter stays under
+          WinDivert's 256 objects, and every TCP decision stays in the kernel.
 - forward NETWORK_FORWARD layer, Flag.DROP, filter "true": nothing is routed through the host.
-- guard   NETWORK layer, diverting handle, only when the plan has exception packets that a
-          stateless filter cannot judge (UDP replies) or that do not fit the filter size
-          (coarse shape): the packets come to Python, FlowDecider judges them against the
-          plan, allowed ones are re-injected. Its filter never matches loopback, vendor,
-          DNS or DHCP traffic (see filter.py), so those never depend on Python.
+- guardN  NETWORK layer, diverting handle per range, only where exception UDP out flows are
+          (a stateless filter cannot tell their replies from unsolicited datagrams) or for
+          the exceptions of a plan too big to split (coarse shape): the packets come to
+          Python, FlowDecider (decider.py) judges them, allowed ones are re-injected. No
+          guard's filter matches loopback, vendor, DNS or DHCP traffic.
 
 Crash semantics: handles belong to the process that opened them. When it dies, Windows
 removes their filters at once and eBPFDivert lets traffic through after its 3 s heartbeat.
@@ -26,17 +31,16 @@ packet must pass both: allowed is A and B, never more than A or B alone.
 """
 from __future__ import annotations
 
-import ipaddress
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 
-from platforms.plan import Flow, Plan
+from platforms.plan import Plan
 from platforms.base import Backend, BackendError, BackendUnavailable, Capabilities, ReadBack, Support
 from platforms.windivert import kernel
-from platforms.windivert.filter import (EPHEMERAL_DEFAULT, ICMP_REPLY_TYPES, LIMITS, PEER_PORTS_FROM, Filters,
-                                        compile_plan, render)
+from platforms.windivert.decider import FlowDecider
+from platforms.windivert.filter import (EPHEMERAL_DEFAULT, LIMITS, MAX_PARTITIONS, Filters, compile_plan,
+                                        count_objects, render)
 
 NOTES = ("filters live in handles of the agent and of its guardian process, each holding the "
          "whole plan: isolation lasts while either runs (Windows drops a process's handles at "
@@ -46,113 +50,17 @@ NOTES = ("filters live in handles of the agent and of its guardian process, each
 
 # pydivert's eBPF backend (Linux, the lab's stand-in for WinDivert): seen here.
 EBPF_LIMITS = ("eBPFDivert (Linux): IPv4 fragments and IPv6 packets with a fragment header pass "
-               "every handle whatever its filter (WinDivert on Windows judges each fragment)",)
+               "every handle whatever its filter (WinDivert on Windows judges each fragment), so the "
+               "filters do not test for fragments there",
+               "eBPFDivert (Linux): its kernel rules decide exactly only what its lowering of a filter "
+               "keeps exact (the vendor's flows, first in their handle); other packets of a handle's "
+               "address range are judged against the whole filter by eBPFDivert's C library in this "
+               "process, not in Python")
+# eBPFDivert passes fragments whatever the filter, and a fragment test there makes it judge
+# every packet of the handle in user space: so only WinDivert (Windows) gets one.
+FRAGMENTS = not sys.platform.startswith("linux")
+HANDLES_MAX = 2 * MAX_PARTITIONS + 2   # base, ranges, forward, guards: 2 * 35 < the 100 between roles
 GUARDIAN_WAIT_S = 5.0      # apply/clear wait this long for the guardian to follow
-UDP_TIMEOUT = 120.0        # s, like conntrack's assured UDP timeout
-UDP_TABLE_MAX = 65536      # learned UDP flows; new ones are refused when full (fail closed)
-_PROTO_NAME = {6: "tcp", 17: "udp", 1: "icmp"}
-
-
-class FlowDecider:
-    """The plan's exception semantics for one packet, with the UDP flows the host opened.
-
-    Keys of the UDP table are (local port, peer address, peer port) of datagrams the host
-    sent under an out flow; a datagram from the peer is a reply only if it matches one.
-    """
-
-    def __init__(self, flows: tuple[Flow, ...], clock=time.monotonic,
-                 ephemeral: tuple[int, int] = EPHEMERAL_DEFAULT) -> None:
-        self._ephemeral = ephemeral
-        self._exact: dict[int, list[Flow]] = {}
-        self._nets: list[tuple[int, int, Flow]] = []
-        for f in flows:
-            if f.origin != "exception":
-                continue
-            net = f.ip_network
-            if net.num_addresses == 1:
-                self._exact.setdefault(int(net.network_address), []).append(f)
-            else:
-                self._nets.append((int(net.network_address), int(net.broadcast_address), f))
-        self._udp: dict[tuple[int, int, int], float] = {}
-        self._clock = clock
-
-    def _flows_for(self, addr: int) -> list[Flow]:
-        return self._exact.get(addr, []) + [f for lo, hi, f in self._nets if lo <= addr <= hi]
-
-    def decide(self, outbound: bool, proto: int, src: str, dst: str, sport: int | None, dport: int | None,
-               syn: bool = False, ack: bool = False, icmp_type: int | None = None) -> bool:
-        remote = int(ipaddress.IPv4Address(dst if outbound else src))
-        name = _PROTO_NAME.get(proto, "other")
-        for flow in self._flows_for(remote):
-            if flow.protocol not in ("any", name):
-                continue
-            if self._allows(flow, outbound, name, remote, sport, dport, syn, ack, icmp_type):
-                return True
-        return False
-
-    def _allows(self, flow, outbound, name, remote, sport, dport, syn, ack, icmp_type) -> bool:
-        opener = outbound == (flow.direction == "out")  # packet goes in the flow's original direction
-        if name == "other":
-            return outbound or flow.direction == "in"
-        if name == "icmp":
-            return opener or icmp_type in ICMP_REPLY_TYPES
-        new_tcp = name == "tcp" and syn and not ack
-
-        def ports_ok(p):
-            return not flow.ports or any(r.first <= p <= r.last for r in flow.ports)
-
-        if flow.direction == "out":
-            if outbound:
-                if ports_ok(dport) and name == "udp":
-                    self._learn((sport, remote, dport))
-                return ports_ok(dport)
-            if not ports_ok(sport) or new_tcp:
-                return False
-            if name == "tcp":   # no state in the kernel either: the filter's rule (LIMITS)
-                return self._ephemeral[0] <= dport <= self._ephemeral[1]
-            return self._known((dport, remote, sport))
-        if not outbound:
-            return ports_ok(dport)
-        return ports_ok(sport) and not new_tcp and (name != "tcp" or dport >= PEER_PORTS_FROM)
-
-    def _learn(self, key) -> None:
-        if key not in self._udp and len(self._udp) >= UDP_TABLE_MAX:
-            self._expire()
-            if len(self._udp) >= UDP_TABLE_MAX:
-                return
-        self._udp[key] = self._clock() + UDP_TIMEOUT
-
-    def _known(self, key) -> bool:
-        until = self._udp.get(key)
-        if until is None or until < self._clock():
-            return False
-        self._udp[key] = self._clock() + UDP_TIMEOUT
-        return True
-
-    def _expire(self) -> None:
-        now = self._clock()
-        for k in [k for k, t in self._udp.items() if t < now]:
-            del self._udp[k]
-
-    def adopt(self, other: "FlowDecider") -> None:
-        """Keep the UDP flows learned under the previous plan that this plan still allows."""
-        for (lport, remote, rport), until in list(other._udp.items()):
-            if any(f.direction == "out" and f.protocol in ("udp", "any")
-                   and (not f.ports or any(r.first <= rport <= r.last for r in f.ports))
-                   for f in self._flows_for(remote)):
-                self._udp[(lport, remote, rport)] = until
-
-    def decide_packet(self, p) -> bool:
-        if p.ipv4 is None or p.ipv4.mf or p.ipv4.frag_offset:
-            return False    # fragments: never judged (filter.py drops them too)
-        proto = p.protocol[0]
-        tcp = p.tcp
-        icmp = p.icmpv4
-        return self.decide(p.is_outbound, proto, p.src_addr, p.dst_addr, p.src_port, p.dst_port,
-                           syn=bool(tcp and tcp.syn), ack=bool(tcp and tcp.ack),
-                           icmp_type=icmp.type if icmp else None)
-
-
 @dataclass
 class _Handle:
     role: str
@@ -181,6 +89,7 @@ class WinDivertBackend(Backend):
     # Two priority slots per role so that old and new generations, and the agent's and the
     # guardian's, never share a priority. A guard runs before the drop handles (higher
     # priority = earlier).
+    # A generation's handles count down from these, two apart (at most HANDLES_MAX of them).
     PRIORITIES = {"agent": {"drop": (1000, 1001), "guard": (2000, 2001)},
                   "guardian": {"drop": (900, 901), "guard": (1900, 1901)}}
 
@@ -212,7 +121,7 @@ class WinDivertBackend(Backend):
     def render(self, plan: Plan) -> str:
         try:  # host exceptions first: their names and current addresses
             return "".join(f"# {line}\n" for line in plan.host_lines()) + \
-                render(plan, kernel.ephemeral_ports(EPHEMERAL_DEFAULT), limits())
+                render(plan, kernel.ephemeral_ports(EPHEMERAL_DEFAULT), limits(), FRAGMENTS)
         except ValueError as exc:
             raise BackendError(str(exc)) from exc
 
@@ -221,7 +130,7 @@ class WinDivertBackend(Backend):
     def apply(self, plan: Plan) -> None:
         ephemeral = kernel.ephemeral_ports(EPHEMERAL_DEFAULT)
         try:
-            filters = compile_plan(plan, ephemeral=ephemeral)
+            filters = compile_plan(plan, ephemeral=ephemeral, fragments=FRAGMENTS)
         except ValueError as exc:
             raise BackendError(str(exc)) from exc
         pydivert = _pydivert()
@@ -248,22 +157,23 @@ class WinDivertBackend(Backend):
                 self.guardian.wait_holding(plan.digest(), GUARDIAN_WAIT_S)
 
     def _open(self, gen: _Generation, pydivert) -> None:
-        f = gen.filters
-        objs = f.objects()
-        # Open order: guard, forward, drop. Each only takes more away until the last is in.
-        if f.guard:
-            self._add(gen, pydivert, "guard", f.guard, pydivert.Layer.NETWORK, pydivert.Flag.DEFAULT,
-                      self._prio["guard"][gen.slot], objs["guard"])
-        self._add(gen, pydivert, "forward", f.forward, pydivert.Layer.NETWORK_FORWARD, pydivert.Flag.DROP,
-                  self._prio["drop"][gen.slot], objs.get("forward", 0))
-        self._add(gen, pydivert, "drop", f.drop, pydivert.Layer.NETWORK, pydivert.Flag.DROP,
-                  self._prio["drop"][gen.slot], objs["drop"])
+        # Open order: the guards, then the DROP handles; each only takes more away until the
+        # last is in. Every handle has a priority of its own, two apart so the other slot's
+        # fit between: eBPFDivert mixes up handles that share one (seen here: 9 DROP handles
+        # at one priority let every packet through).
+        if len(gen.filters.handles()) > HANDLES_MAX:
+            raise BackendError(f"windivert: {len(gen.filters.handles())} handles, at most {HANDLES_MAX}")
+        for name, text in sorted(gen.filters.handles(), key=lambda h: not h[0].startswith("guard")):
+            guard = name.startswith("guard")
+            layer = pydivert.Layer.NETWORK_FORWARD if name == "forward" else pydivert.Layer.NETWORK
+            self._add(gen, pydivert, name, text, layer, pydivert.Flag.DEFAULT if guard else pydivert.Flag.DROP,
+                      self._prio["guard" if guard else "drop"][gen.slot] - 2 * len(gen.handles))
 
-    def _add(self, gen, pydivert, role, text, layer, flags, priority, objects) -> None:
+    def _add(self, gen, pydivert, role, text, layer, flags, priority) -> None:
         h = pydivert.Divert(text, layer=layer, priority=priority, flags=flags)
         h.open()
-        gen.handles.append(_Handle(role, h, layer.name, priority, objects))
-        if role == "guard":
+        gen.handles.append(_Handle(role, h, layer.name, priority, count_objects(text)))
+        if role.startswith("guard"):
             target = self._guard_loop
         elif sys.platform.startswith("linux"):
             # eBPFDivert lowers a filter to at most 64 kernel rules per family; what it
@@ -304,8 +214,9 @@ class WinDivertBackend(Backend):
     @staticmethod
     def _close(gen: _Generation) -> None:
         gen.stop.set()
-        # Close drop before guard: while the guard is still there nothing it holds back leaks.
-        for h in sorted(gen.handles, key=lambda h: h.role != "drop"):
+        # Close the DROP handles before the guards: while a guard is still there nothing it
+        # holds back leaks.
+        for h in sorted(gen.handles, key=lambda h: h.role.startswith("guard")):
             try:
                 h.handle.close()
             except Exception:  # noqa: BLE001 - closing must go on for the others

@@ -17,16 +17,19 @@ Semantics (the same as the nftables backend, as far as a stateless filter allows
 - in flow: peer->host to the local ports pass (SYN included); host->peer replies pass
   only from those local ports, and never as a TCP SYN without ACK nor as TCP to a peer's
   well-known port (below 1024: a peer's connections come from above).
-- IPv4 fragments are dropped (but on loopback): a filter judges packets, and a fragment
-  after the first carries no ports, so it cannot be judged like the datagram it belongs to.
+- IPv4 fragments are dropped (but on loopback) where the platform judges them (`fragments`):
+  a fragment after the first carries no ports, so it cannot be judged like its datagram.
 WinDivert keeps no connection state, so TCP replies are matched statelessly too: LIMITS.
 
 Two shapes, chosen by size (WinDivert rejects filters of more than 256 objects):
-- "exact": every flow in the kernel DROP filter; the guard sees only exception UDP.
-- "coarse": the policy does not fit. The kernel DROP filter keeps only loopback, vendor,
+- "split": a base handle (non-IPv4, fragments, DHCP's shape) and one DROP handle per
+  address range (partition.py), each with the flows that meet its range; at most
+  MAX_PARTITIONS. Every TCP and ICMP decision is in the kernel; a guard per range sees only
+  exception UDP.
+- "coarse": the policy does not split. The kernel DROP filter keeps only loopback, vendor,
   DNS and DHCP exact, and lets through packets to/from a few address ranges covering the
   exception networks; the guard handle takes exactly those (minus vendor/DNS/DHCP) and
-  decides each packet in user space with a set lookup (platforms.windivert.FlowDecider).
+  decides each packet in user space with a set lookup (platforms.windivert.decider.FlowDecider).
 """
 from __future__ import annotations
 
@@ -35,10 +38,12 @@ import re
 from dataclasses import dataclass
 
 from platforms.plan import DHCP_BROADCAST, DHCP_CLIENT_PORT, DHCP_SERVER_PORT, Flow, Plan, PortRange
+from platforms.windivert.partition import ADDRESS_END, Partition, split
 
 MAX_OBJECTS = 256          # WINDIVERT_FILTER_MAXLEN on Windows
 OBJECT_BUDGET = 200        # keep a margin below the hard limit
 COARSE_MAX_RANGES = 24     # address ranges in the coarse shape (4 objects each per direction)
+MAX_PARTITIONS = 16        # DROP handles for the flows (one per address range); more: coarse
 ICMP_REPLY_TYPES = (0, 3, 11)  # echo reply, destination unreachable, time exceeded
 EPHEMERAL_DEFAULT = (49152, 65535)  # Windows' default dynamic port range (IANA's)
 PEER_PORTS_FROM = 1024         # a peer's own connections come from its ephemeral ports
@@ -60,14 +65,19 @@ _FIELD = re.compile(r"\b(?:[a-z]+\.[A-Za-z]+|outbound|inbound|loopback|ipv6|ip|t
 
 @dataclass(frozen=True)
 class Filters:
-    shape: str                 # "exact" | "coarse"
-    drop: str                  # NETWORK layer, Flag.DROP
+    shape: str                 # "split" | "coarse"
+    drops: tuple[str, ...]     # NETWORK layer, Flag.DROP; a packet passes only if none matches it:
+                               # drops[0] the base handle, then one per address range
     forward: str               # NETWORK_FORWARD layer, Flag.DROP
-    guard: str | None          # NETWORK layer, divert handle decided in user space; None = none
+    guards: tuple[str, ...]    # NETWORK layer, diverting handles decided in user space (disjoint)
+
+    def handles(self) -> list[tuple[str, str]]:
+        """(name, filter) of every handle: base, drop1.., forward, guard1.."""
+        return ([("base", self.drops[0])] + [(f"drop{i}", t) for i, t in enumerate(self.drops[1:], 1)]
+                + [("forward", self.forward)] + [(f"guard{i}", t) for i, t in enumerate(self.guards, 1)])
 
     def objects(self) -> dict[str, int]:
-        return {k: count_objects(v) for k, v in
-                (("drop", self.drop), ("forward", self.forward), ("guard", self.guard)) if v}
+        return {name: count_objects(text) for name, text in self.handles()}
 
 
 def count_objects(text: str) -> int:
@@ -98,9 +108,18 @@ def _range_addr(field: str, first: ipaddress.IPv4Address, last: ipaddress.IPv4Ad
 
 
 def _ports(field: str, ports: tuple[PortRange, ...]) -> str:
-    parts = [f"{field} == {p.first}" if p.first == p.last else f"({field} >= {p.first} and {field} <= {p.last})"
-             for p in sorted(ports)]
-    return _any(parts) if parts else ""
+    """`field` in one of `ports`. Several ranges are a chain of ordered tests, not an `or`:
+    a packet outside them then fails on a range (below, between, above), which eBPFDivert's
+    lowering keeps exact in its kernel rules; a failed `or` of equalities piles up excluded
+    points, of which a kernel rule holds one."""
+    rs = sorted(ports)
+    if len(rs) <= 1:
+        return "" if not rs else (f"{field} == {rs[0].first}" if rs[0].first == rs[0].last
+                                  else f"({field} >= {rs[0].first} and {field} <= {rs[0].last})")
+    text = "false"
+    for r in reversed(rs):
+        text = f"({field} < {r.first} ? false : ({field} <= {r.last} ? true : {text}))"
+    return text
 
 
 def _no_new_tcp() -> str:
@@ -148,9 +167,10 @@ def _flow_terms(flow: Flow, udp_to_guard: bool, ephemeral: tuple[int, int]) -> t
             to_ours = _range(f"{proto}.DstPort", *ephemeral)
             if proto == "tcp":
                 in_t.append(_all(*reply, to_ours, _no_new_tcp()))
-            elif not udp_to_guard:
+            elif udp_to_guard:  # the guard holds what the kernel lets by here to what the host sent
+                in_t.append(_all(*reply))
+            else:
                 in_t.append(_all(*reply, to_ours))
-            # else: the UDP reply region passes the kernel only towards the guard (see guard_region)
         else:
             in_t.append(_all(proto, src, *filter(None, [_ports(f"{proto}.DstPort", flow.ports)])))
             reply = [proto, dst, *filter(None, [_ports(f"{proto}.SrcPort", flow.ports)])]
@@ -248,8 +268,8 @@ def _coarse_region(plan: Plan) -> str:
 
 
 def _negate(allowed: str) -> str:
-    """Drop what `allowed` does not match, and every IPv4 fragment but on loopback."""
-    return f"(loopback ? false : ({FRAGMENT} ? true : ({allowed} ? false : true)))"
+    """Drop what `allowed` does not match, but on loopback (fragments: the base handle)."""
+    return f"(loopback ? false : ({allowed} ? false : true))"
 
 
 def _guarded_by(base: str, region: str) -> str:
@@ -257,51 +277,120 @@ def _guarded_by(base: str, region: str) -> str:
     return f"({base} ? false : ({FRAGMENT} ? false : {region}))"
 
 
-def compile_plan(plan: Plan, budget: int = OBJECT_BUDGET,
-                 ephemeral: tuple[int, int] = EPHEMERAL_DEFAULT) -> Filters:
+def _dhcp_ports() -> str:
+    return (f"(udp and ((udp.SrcPort == {DHCP_CLIENT_PORT} and udp.DstPort == {DHCP_SERVER_PORT}) or "
+            f"(udp.SrcPort == {DHCP_SERVER_PORT} and udp.DstPort == {DHCP_CLIENT_PORT})))")
+
+
+def _may_use_dhcp_ports(flow: Flow) -> bool:
+    return flow.protocol in ("udp", "any") and (
+        not flow.ports or any(p.first <= port <= p.last for p in flow.ports
+                              for port in (DHCP_CLIENT_PORT, DHCP_SERVER_PORT)))
+
+
+def _base_handle(plan: Plan, ephemeral: tuple[int, int], fragments: bool) -> str:
+    """What no address range judges: anything but IPv4 (IPv6 too), IPv4 fragments
+    (`fragments`), and, with DHCP on, a packet on the DHCP ports that is neither DHCP to a
+    peer it may reach nor of a flow that allows those ports (the ranges let such packets by)."""
+    dhcp = "false"
+    if plan.dhcp:
+        out_t, in_t = _dhcp_terms(plan.dhcp_servers)
+        for flow in sorted(f for f in plan.flows if _may_use_dhcp_ports(f)):
+            o, i = _flow_terms(flow, udp_to_guard=_guarded(flow), ephemeral=ephemeral)
+            out_t, in_t = out_t + o, in_t + i
+        dhcp = f"({_dhcp_ports()} ? ({_by_direction(out_t, in_t)} ? false : true) : false)"
+    ipv4 = f"({FRAGMENT} ? true : {dhcp})" if fragments else dhcp
+    return f"(loopback ? false : (ip ? {ipv4} : true))"
+
+
+def _inside(part: Partition) -> str:
+    """The packet's remote address (the destination outbound, the source inbound) is in `part`."""
+    a, b = ipaddress.IPv4Address(part.first), ipaddress.IPv4Address(part.last)
+    return f"(outbound ? ({_range_addr('ip.DstAddr', a, b)}) : ({_range_addr('ip.SrcAddr', a, b)}))"
+
+
+def _range_handle(part: Partition, allowed: str) -> str:
+    """Drops a packet whose remote address is in `part` unless `allowed`; lets all else by."""
+    # "ip" first: an address test on a packet of unknown version is widened by eBPFDivert's
+    # lowering (it could be IPv6), so nothing after it would stay exact in its kernel rules.
+    return f"(loopback ? false : ((ip and {_inside(part)}) ? ({allowed} ? false : true) : false))"
+
+
+def _kernel_first(flow: Flow) -> tuple:
+    """Order within a handle: vendor, then DNS, then the rest. eBPFDivert's lowering keeps
+    the first flow of each direction exact in its kernel rules (see the backend's limits)."""
+    return ({"vendor": 0, "dns": 1}.get(flow.origin, 2), flow)
+
+
+def _split(plan: Plan, budget: int, ephemeral: tuple[int, int], fragments: bool) -> Filters | None:
+    """One DROP handle per address range, each holding the flows that meet its range; a
+    guard per range for the exception UDP replies there. None: the plan does not split
+    into MAX_PARTITIONS handles of `budget` objects."""
+    flows = sorted(plan.flows, key=_kernel_first)
+    terms = [_flow_terms(f, udp_to_guard=_guarded(f), ephemeral=ephemeral) for f in flows]
+    dhcp_pass = ([_all("udp", f"udp.SrcPort == {DHCP_CLIENT_PORT}", f"udp.DstPort == {DHCP_SERVER_PORT}")],
+                 [_all("udp", f"udp.SrcPort == {DHCP_SERVER_PORT}", f"udp.DstPort == {DHCP_CLIENT_PORT}")]) \
+        if plan.dhcp else ([], [])
+    whole = Partition(0, ADDRESS_END, ())
+    fixed = count_objects(_range_handle(whole, _by_direction(*dhcp_pass))) + 2  # + "outbound"/"inbound"
+    items = []
+    for f, (o, i) in zip(flows, terms):
+        net = f.ip_network
+        items.append((int(net.network_address), int(net.broadcast_address),
+                      sum(count_objects(t) for t in o + i)))
+    parts = split(items, budget - fixed)
+    if parts is None or len(parts) > MAX_PARTITIONS:
+        return None
+    drops, guards = [_base_handle(plan, ephemeral, fragments)], []
+    for part in parts:
+        members = [flows[k] for k in part.members]
+        out_t = [t for k in part.members for t in terms[k][0]] + dhcp_pass[0]
+        in_t = [t for k in part.members for t in terms[k][1]] + dhcp_pass[1]
+        drops.append(_range_handle(part, _by_direction(out_t, in_t)))
+        guarded = [f for f in members if _guarded(f)]
+        if guarded:  # never vendor, DNS nor DHCP: those stay decided in the kernel
+            kernel = [k for k in part.members if flows[k].origin != "exception"]
+            kernel_dir = _by_direction([t for k in kernel for t in terms[k][0]] + dhcp_pass[0],
+                                       [t for k in kernel for t in terms[k][1]] + dhcp_pass[1])
+            guards.append(f"({_inside(part)} ? {_guarded_by(kernel_dir, _guard_udp_region(guarded))} : false)")
+    filters = Filters("split", tuple(drops), "true", tuple(guards))
+    return filters if max(filters.objects().values()) <= budget else None
+
+
+def compile_plan(plan: Plan, budget: int = OBJECT_BUDGET, ephemeral: tuple[int, int] = EPHEMERAL_DEFAULT,
+                 fragments: bool = True) -> Filters:
     """The filters that enforce `plan`; replies of connections the host opened are let in
-    to its `ephemeral` port range (first, last). Raises ValueError if even the coarse
-    shape does not fit (too many vendor/DNS flows to keep them in the kernel)."""
+    to its `ephemeral` port range (first, last). `fragments`: drop IPv4 fragments (False
+    where the platform passes them whatever the filter: eBPFDivert). Raises ValueError if
+    even the coarse shape does not fit (too many vendor/DNS flows to keep them in the kernel)."""
+    filters = _split(plan, budget, ephemeral, fragments)
+    if filters is not None:
+        return filters
+    # forward "true": no plan flow is ever forwarded: the host must not route around isolation
     base = base_allowed(plan, ephemeral)
-    exceptions = sorted(f for f in plan.flows if f.origin == "exception")
-    forward = "true"  # no plan flow is ever forwarded: the host must not route around isolation
-
-    out_t, in_t = [], []
-    for flow in exceptions:
-        o, i = _flow_terms(flow, udp_to_guard=_guarded(flow), ephemeral=ephemeral)
-        out_t += o
-        in_t += i
-    guarded = [f for f in exceptions if _guarded(f)]
-    guard_region = _guard_udp_region(guarded) if guarded else None
-    exc_allowed = _any([_all("ip", _by_direction(out_t, in_t)) if (out_t or in_t) else "", guard_region or ""])
-    allowed = _any([base, exc_allowed]) if exc_allowed != "false" else base
-    drop = _negate(allowed)
-    guard = _guarded_by(base, guard_region) if guard_region else None
-    if count_objects(drop) <= budget and (guard is None or count_objects(guard) <= budget):
-        return Filters("exact", drop, forward, guard)
-
     region = _coarse_region(plan)
     drop = _negate(_any([base, region]))
-    guard = _guarded_by(base, region)
     if count_objects(drop) > budget:
         raise ValueError(f"flows: vendor/DNS/DHCP flows alone need {count_objects(drop)} WinDivert filter "
                          f"objects, more than the budget of {budget}")
-    return Filters("coarse", drop, forward, guard)
+    return Filters("coarse", (_base_handle(plan, ephemeral, fragments), drop), "true",
+                   (_guarded_by(base, region),))
 
 
-def render(plan: Plan, ephemeral: tuple[int, int] = EPHEMERAL_DEFAULT, limits: tuple[str, ...] = LIMITS) -> str:
+HANDLE_KIND = {"base": "layer NETWORK, flags DROP (what no address range judges)",
+               "drop": "layer NETWORK, flags DROP (one address range)",
+               "forward": "layer NETWORK_FORWARD, flags DROP",
+               "guard": "layer NETWORK, divert to user space (exception packets only)"}
+
+
+def render(plan: Plan, ephemeral: tuple[int, int] = EPHEMERAL_DEFAULT, limits: tuple[str, ...] = LIMITS,
+           fragments: bool = True) -> str:
     """The text `cordon rules --backend windivert` prints: the paths it leaves open
     (`limits`), each handle and its filter."""
-    f = compile_plan(plan, ephemeral=ephemeral)
-    objs = f.objects()
-    lines = [f"# WinDivert filters, shape {f.shape} (plan digest {plan.digest()}, mode {plan.mode}, "
-             f"local ephemeral ports {ephemeral[0]}-{ephemeral[1]})",
-             *(f"# limit: {text}" for text in limits),
-             f"# handle drop: layer NETWORK, flags DROP, {objs['drop']} objects",
-             f.drop,
-             f"# handle forward: layer NETWORK_FORWARD, flags DROP, {objs['forward']} objects",
-             f.forward]
-    if f.guard:
-        lines += [f"# handle guard: layer NETWORK, divert to user space (exception packets only), "
-                  f"{objs['guard']} objects", f.guard]
+    f = compile_plan(plan, ephemeral=ephemeral, fragments=fragments)
+    lines = [f"# WinDivert filters, shape {f.shape}, {len(f.handles())} handles (plan digest {plan.digest()}, "
+             f"mode {plan.mode}, local ephemeral ports {ephemeral[0]}-{ephemeral[1]})",
+             *(f"# limit: {text}" for text in limits)]
+    for name, text in f.handles():
+        lines += [f"# handle {name}: {HANDLE_KIND[name.rstrip('0123456789')]}, {count_objects(text)} objects", text]
     return "\n".join(lines) + "\n"

@@ -182,6 +182,32 @@ def test_200_exceptions_per_direction(lab, agent):
     lab.expect_matrix({p: expected(lab, plan, p) for p in probes}, "200+200")
 
 
+def fifty_plan() -> Plan:
+    """50 exceptions per direction, lab hosts among them: split over several DROP handles."""
+    plan = big_plan()
+    out = [f for f in plan.by_origin("exception") if f.direction == "out"][:50]
+    inn = [f for f in plan.by_origin("exception") if f.direction == "in"][:50]
+    return Plan("standard", VENDOR + tuple(out + inn), True, 6)
+
+
+def test_50_exceptions_per_direction_split_over_address_ranges(lab, agent):
+    """Every exception in a DROP handle of its address range (no Python for TCP): the
+    verdicts of real packets are the contract's, and the handles are several."""
+    plan = fifty_plan()
+    agent.apply(plan)
+    rb = agent.cmd(cmd="read_back")
+    assert rb["details"]["shape"] == "split"
+    roles = [h["role"] for h in rb["details"]["handles"]]
+    assert sum(r.startswith("drop") for r in roles) >= 2, roles
+    probes = [Probe("endpoint", "rmm", "tcp", 443, 4), Probe("endpoint", "rmm", "tcp", 22, 4),
+              Probe("endpoint", "rmm", "udp", 53, 4), Probe("rmm", "endpoint", "tcp", 443, 4),
+              Probe("jump", "endpoint", "tcp", 3389, 4), Probe("jump", "endpoint", "tcp", 22, 4),
+              Probe("endpoint", "jump", "tcp", 3389, 4), Probe("endpoint", "outside", "tcp", 443, 4),
+              Probe("outside", "endpoint", "tcp", 3389, 4), Probe("endpoint", "vendor", "tcp", 443, 4),
+              Probe("endpoint", "dns", "udp", 53, 4), Probe("rmm", "endpoint", "tcp", 22, 4, sport=443)]
+    lab.expect_matrix({p: expected(lab, plan, p) for p in probes}, "50+50 split")
+
+
 def test_read_back_and_honest_crash_semantics(lab, agent):
     assert agent.cmd(cmd="read_back")["present"] is False
     agent.apply(PLAN_A)
@@ -190,7 +216,7 @@ def test_read_back_and_honest_crash_semantics(lab, agent):
     # programs are attached and this process's handles are open. The packets are the evidence.
     assert rb["present"]
     assert rb["details"]["kernel_read_back"] is True and rb["details"]["depends_on_process"] is True
-    assert {h["role"] for h in rb["details"]["handles"]} >= {"drop", "forward"}
+    assert {h["role"] for h in rb["details"]["handles"]} >= {"base", "drop1", "forward"}
     assert lab.probe("endpoint", "outside", "tcp", 443).verdict == BLOCKED
     # kill -9 of a process with no guardian (no state dir): its handles die with it;
     # eBPFDivert lets traffic through once the handle's heartbeat is older than 3 s. This is
