@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import nats
 import nats.js.errors
-from nats.js.errors import NoKeysError
+from nats.js.errors import KeyNotFoundError, NoKeysError
 
 from agent.channel import wire
 from agent.channel.runner import durable_name, ensure_bucket, ensure_stream
@@ -55,7 +55,10 @@ class Session:
             return {}
         out = {}
         for k in sorted(keys):
-            entry = await self.kv.get(k)
+            try:
+                entry = await self.kv.get(k)
+            except KeyNotFoundError:  # deleted or purged since keys() listed it
+                continue
             try:
                 out[k] = json.loads(entry.value)
             except (TypeError, ValueError):

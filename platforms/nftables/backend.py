@@ -23,6 +23,9 @@ from platforms.nftables.render import atoms_from_elements, build, chain_rules, r
 from platforms.nftables.shape import HOT_SETS, SET_FIELDS, SET_NAMES, TABLE, set_name
 
 WANTED_FLAGS = w.WANTED_TABLE_FLAGS
+REPAIR_WINDOW = ("tamper: this kernel has no table persist flag (Linux < 6.9), so the table has no owner: "
+                 "root can flush the ruleset, and the host is open from then until the agent has "
+                 "restored it (DESIGN: within 1 s, logged as tamper_detected)")
 NOTES = ("table flags owner|persist where the start-up probe finds persist (Linux >= 6.9); "
          "without it the table has no owner and tamper is only detected (read_back / "
          "wait_for_change)")
@@ -202,7 +205,7 @@ class NftablesBackend(Backend):
             present = self._netdev_present(sock)
             return ReadBack(present, None, {"table": None, "problems": ["table inet cordon is missing"]
                                             if present else [], "tamper": self._tamper(None),
-                                            "limits": []})
+                                            "limits": self._limits(self._tamper(None))})
         gen = state.gen
         elements = {name: readback.set_elements(sock, name, gen) for name in SET_FIELDS
                     if set_name(name, gen) in state.sets}
@@ -233,7 +236,7 @@ class NftablesBackend(Backend):
             "problems": problems,
             "netdev": below,
             "tamper": self._tamper(state.flags),
-            "limits": [],
+            "limits": self._limits(self._tamper(state.flags)),
         }
         if problems:
             return ReadBack(True, None, details)
@@ -298,6 +301,10 @@ class NftablesBackend(Backend):
         reads back with them; else `detect-and-repair` (read_back + wait_for_change)."""
         ok = self._flags() & w.TABLE_F_PERSIST and (flags is None or flags & WANTED_FLAGS == WANTED_FLAGS)
         return "blocked" if ok else "detect-and-repair"
+
+    @staticmethod
+    def _limits(tamper: str) -> list[str]:
+        return [REPAIR_WINDOW] if tamper == "detect-and-repair" else []
 
     def _netdev_present(self, sock) -> bool:
         return sock.get("GETTABLE", w.table_body(), netdev.NFPROTO_NETDEV) is not None

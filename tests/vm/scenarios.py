@@ -45,9 +45,15 @@ class VmStory(Story):
                          interval=0.25, timeout=2.0 * load_factor(), ask_again=powered_off)
 
     def _watched(self, title: str, explanation: str, action, change=None, powered_off=False,
-                 timeout: float | None = None) -> Step:
+                 timeout: float | None = None, window: dict | None = None) -> Step:
         """Run `action()` (which returns a list of problems) under the loop and the wire
-        watch, then check the whole matrix against the model (changed by `change`)."""
+        watch, then check the whole matrix against the model (changed by `change`).
+        `window`, filled in by the action: {"mono": (a, b), "wall": (a, b)}, the span
+        during which the contract itself leaves the host open (a flushed ruleset on a kernel
+        without persist, until the agent has restored it); what passed inside it is shown
+        as a figure, not a failure (so are losses there: a connection opened while the
+        host was open has no state the restored rules know), and anything outside it still
+        fails the step."""
         t0 = time.monotonic()
         future = copy.deepcopy(self.model)
         if change:
@@ -63,8 +69,23 @@ class VmStory(Story):
             except AssertionError as e:
                 problems.append(f"{type(e).__name__}: {e}")
         self.model = future
+        slack = 2.0 * load_factor()  # a probe sent inside the window may answer up to its timeout later
+        if window and "mono" in window:
+            start = time.monotonic() - loop.elapsed()
+            a, b = (m - start for m in window["mono"])
+            self.figures[f"{title}: window, host clock"] = round(b - a, 2)
+            for kind in ("leaks", "losses"):  # a connection opened while open is cut when restored
+                entries = getattr(loop.report, kind)
+                inside = [e for e in entries if a <= e[0] <= b + slack]
+                setattr(loop.report, kind, [e for e in entries if e not in inside])
+                self.figures[f"{title}: probe {kind} inside the window"] = len(inside)
         if wire_model is not None:
             leaks = wire.leaks(wire_model)
+            if window and "wall" in window:
+                a, b = window["wall"]
+                inside = [line for line in leaks if a <= float(line.split()[0]) <= b + slack]
+                leaks = [line for line in leaks if line not in inside]
+                self.figures[f"{title}: wire leaks inside the window"] = len(inside)
             problems += [f"WIRE LEAK {line}" for line in leaks[:20]]
             if len(leaks) > 20:
                 problems.append(f"... {len(leaks) - 20} more packets left the guest")
@@ -97,14 +118,19 @@ class VmStory(Story):
         """Root flushes the ruleset and deletes the table in the guest. detect-and-repair
         (no `persist`, Debian 12's 6.1): restored (DESIGN: within 1 s; the deadline here
         scales with the load, the time it took is a figure) with a tamper_detected event;
-        blocked (`persist`): the delete is refused. Status must say which."""
+        until then the host is open (DESIGN §1 "if the rules vanish anyway"; status lists
+        it in backend.limits), so packets inside that window are counted, not failed, and
+        any after it fail. blocked (`persist`): the delete is refused, nothing may pass.
+        Status must say which."""
         g = self.lab.guest
+        window: dict = {}
 
         def act():
             problems = []
             before = len(self.agent.audit_events("tamper_detected"))
             limit = (1.0 + wait) * load_factor()
             # In the guest, timed there: how long after the delete the table is back.
+            mono, wall = time.monotonic(), time.time()
             rc, out, err = g.execute(
                 "nft flush ruleset; nft delete table inet cordon; echo deleted=$?; "
                 "sleep 0.05; nft list tables; t0=$(date +%s%N); "
@@ -112,6 +138,10 @@ class VmStory(Story):
                 f"(( $(date +%s%N) - t0 > {int(limit * 1e9)} )) && break; sleep 0.05; done; "
                 "echo back=$(( ($(date +%s%N) - t0) / 1000000 ))")
             vanished = "cordon" not in out.split("deleted=")[-1].split("back=")[0]
+            if kernel_mode == "detect-and-repair":
+                window.update(mono=(mono, time.monotonic()), wall=(wall, time.time()))
+                if not any("restored" in limit for limit in self.agent.status()["backend"]["limits"]):
+                    problems.append("status backend.limits does not name the repair window")
             if "cordon" not in self.agent.nft_tables():
                 problems.append(f"no cordon table {limit:.1f}s after tampering")
             elif vanished:
@@ -126,7 +156,9 @@ class VmStory(Story):
                 problems.append(f"status --json does not say tamper mode {kernel_mode!r}")
             return problems
         return self._watched(f"tamper ({kernel_mode})", "root runs `nft flush ruleset` and `nft delete "
-                             "table inet cordon` in the guest: isolation holds", act)
+                             "table inet cordon` in the guest: isolation holds (detect-and-repair: "
+                             "from the delete until the agent has restored the table, the "
+                             "contract's own window)", act, window=window)
 
     # --- reboot ----------------------------------------------------------------------------
     def reboot(self) -> Step:
