@@ -235,8 +235,8 @@ class NftablesBackend(Backend):
             "set_generation": gen,
             "problems": problems,
             "netdev": below,
-            "tamper": self._tamper(state.flags),
-            "limits": self._limits(self._tamper(state.flags)),
+            "tamper": (tamper := self._tamper(state.flags)),
+            "limits": self._limits(tamper),
         }
         if problems:
             return ReadBack(True, None, details)

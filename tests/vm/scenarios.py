@@ -140,8 +140,6 @@ class VmStory(Story):
             vanished = "cordon" not in out.split("deleted=")[-1].split("back=")[0]
             if kernel_mode == "detect-and-repair":
                 window.update(mono=(mono, time.monotonic()), wall=(wall, time.time()))
-                if not any("restored" in limit for limit in self.agent.status()["backend"]["limits"]):
-                    problems.append("status backend.limits does not name the repair window")
             if "cordon" not in self.agent.nft_tables():
                 problems.append(f"no cordon table {limit:.1f}s after tampering")
             elif vanished:
@@ -151,7 +149,11 @@ class VmStory(Story):
                 problems.append("`nft delete table inet cordon` succeeded on a kernel with persist")
             if vanished and len(self.agent.audit_events("tamper_detected")) <= before:
                 problems.append("the table vanished but no tamper_detected audit event followed")
-            status = json.dumps(self.agent.status())
+            st = self.agent.status()
+            if kernel_mode == "detect-and-repair" and not any(
+                    "restored" in line for line in (st.get("backend") or {}).get("limits") or ()):
+                problems.append("status backend.limits does not name the repair window")
+            status = json.dumps(st)
             if kernel_mode not in status:
                 problems.append(f"status --json does not say tamper mode {kernel_mode!r}")
             return problems
