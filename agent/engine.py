@@ -193,29 +193,33 @@ class Engine:
                     raise ApplyFailed(self.degraded)
                 self.log.info("recovered", state=self.state.state, mode=self.state.mode)
                 return False
-            plan = self.desired_plan()
             seen = self.backend.read_back()
-            if seen.enforces(plan):
+            if self.holds(seen):
                 return False
-            if plan is not None and hostx.lapsing(seen, plan, LAPSE_SLACK_S):
-                return False  # a kernel timeout ran out a moment before ours: the refresh loop syncs
+            plan = self.desired_plan()
             self.log.warning("tamper_detected", expected=plan.digest() if plan else None,
-                             found=seen.digest, present=seen.present)
+                             found=seen.digest, present=seen.present,
+                             problems=seen.details.get("problems", []))
             ms = self._enforce_best()
             if self.degraded:
                 raise ApplyFailed(self.degraded)
             self.log.info("tamper_repaired", apply_ms=ms)
             return True
 
+    def holds(self, seen) -> bool:
+        """Does `seen` enforce the plan in force now, give or take a lapse (hostx.holds)?"""
+        return hostx.holds(seen, lambda t: self._plan_for(self.state, t), time.time(), LAPSE_SLACK_S)
+
     # -- views ----------------------------------------------------------------------
     def desired_plan(self) -> Plan | None:
         return self._plan_for(self.state)
 
-    def _plan_for(self, s: AgentState) -> Plan | None:
+    def _plan_for(self, s: AgentState, now: float | None = None) -> Plan | None:
+        """The plan `s` puts in force at `now` (default: the clock's now)."""
         if s.state != "isolated":
             return None
         return compile_plan(self.config, s.isolation_policy, s.mode or "strict", self.hosts.current(),
-                            now=time.time(), dhcp_servers=s.dhcp_servers)
+                            now=time.time() if now is None else now, dhcp_servers=s.dhcp_servers)
 
     def _learn_dhcp(self) -> tuple[str, ...]:
         """The servers of the DHCP leases the host holds now; none (broadcast only) when DHCP

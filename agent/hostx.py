@@ -38,12 +38,18 @@ def expired(s: AgentState, now: float):
                 yield (p.version, direction, e.key()), direction, e
 
 
-def lapsing(seen: ReadBack, plan: Plan, slack: float) -> bool:
-    """Does the firewall hold `plan` but for flows whose kernel timeout ran out a moment
-    before the agent's clock says so? That is not tamper."""
-    now = time.time()
-    ends = sorted({f.expires for f in plan.flows if f.expires is not None and f.expires <= now + slack})
-    return any(seen.enforces(plan.lapsed(t)) for t in ends)
+def holds(seen: ReadBack, plan_at, now: float, slack: float) -> bool:
+    """Does the read-back `seen` enforce the plan in force at `now` (`plan_at(t)`: the plan
+    compiled as of t)? A flow whose kernel timeout runs out within `slack` of now may be
+    there or gone: the kernel drops it at its own moment, before or after the agent's clock
+    says so, and the refresh loop syncs soon after; that is not tamper."""
+    if seen.enforces(plan_at(now)):
+        return True
+    wide = plan_at(now - slack)
+    if wide is None:
+        return False
+    ends = sorted({f.expires for f in wide.flows if f.expires is not None and now - slack < f.expires <= now + slack})
+    return any(seen.enforces(wide.lapsed(t)) for t in [now - slack, *ends])
 
 
 def hosts_view(plan: Plan | None) -> list[dict]:

@@ -62,7 +62,11 @@ class Refresher:
             t0 = time.monotonic()
             try:
                 e.backend.refresh(plan)
-                ok = e.backend.read_back().enforces(plan)
+                seen = e.backend.read_back()
+                ok = e.holds(seen)
+                if not ok:
+                    e.log.warning("refresh_not_in_force", expected=plan.digest(), found=seen.digest,
+                                  problems=seen.details.get("problems", []))
             except BackendError as exc:
                 e.log.error("refresh_failed", error=str(exc))
                 ok = False

@@ -7,7 +7,6 @@ setting the owner flag again in the batch that re-applies its plan.
 """
 from __future__ import annotations
 
-import math
 import select
 import time
 
@@ -23,6 +22,8 @@ from platforms.nftables.render import atoms_from_elements, build, chain_rules, r
 from platforms.nftables.shape import HOT_SETS, SET_FIELDS, SET_NAMES, TABLE, set_name
 
 WANTED_FLAGS = w.WANTED_TABLE_FLAGS
+REFRESH_TRIES = 3     # looks at the kernel's elements before a refresh falls back to apply()
+LAPSE_WINDOW_S = 1.0  # an own element this close to its expiry may be in one dump and not the next
 REPAIR_WINDOW = ("tamper: this kernel has no table persist flag (Linux < 6.9), so the table has no owner: "
                  "root can flush the ruleset, and the host is open from then until the agent has "
                  "restored it (DESIGN: within 1 s, logged as tamper_detected)")
@@ -83,45 +84,54 @@ class NftablesBackend(Backend):
         """Host addresses and expiries changed (DESIGN §11): one batch of set element
         changes in the sets in force, inet and netdev alike; no chain or rule is touched.
         An element whose expiry moved is deleted and added again with its new timeout in
-        the same batch. Anything unexpected (no table of ours, a set element that already
-        lapsed) falls back to apply()."""
+        the same batch. What to delete is read from the kernel first, per table: an
+        element can lapse by its own timeout at any moment, in either copy (deleting it
+        then fails the batch with ENOENT), so a refused batch is computed again from a new
+        look, REFRESH_TRIES times. Anything else (no table of ours, the batch refused
+        each time) falls back to apply()."""
         old, sock = self._ruleset, self._socket()
         state = readback.table_state(sock)
         new = build(plan)
         if (old is None or (new.dhcp, new.dhcp_servers) != (old.dhcp, old.dhcp_servers) or not state.present or state.shape_problems
                 or state.owner not in (None, sock.portid)):
             return self.apply(plan)
-        msgs = self._element_diff_msgs(old, new, state.gen)
-        if msgs:  # no key stays hot that the new elements do not hold
-            msgs += [("DELSETELEM", 0, w.set_ref_body(n, state.gen)) for n in HOT_SETS]
-        if msgs and self._netdev_present(sock):
-            msgs += [(kind, fl, body, netdev.NFPROTO_NETDEV) for kind, fl, body in msgs]
-        if msgs:
+        families = [w.NFPROTO_INET] + ([netdev.NFPROTO_NETDEV] if self._netdev_present(sock) else [])
+        for _ in range(REFRESH_TRIES):
+            msgs = [m for family in families for m in self._element_diff_msgs(
+                old, new, state.gen, family, lambda name, f=family: set(readback.set_elements(sock, name, state.gen, f)))]
+            if not msgs:
+                break
             try:
                 sock.batch(msgs)
+                break
             except BackendError:
-                return self.apply(plan)
+                continue  # most likely an element lapsed since the look: look again
+        else:
+            return self.apply(plan)
         self._plan, self._ruleset = plan, new
 
     @staticmethod
-    def _element_diff_msgs(old, new, gen: str) -> list:
-        """Deletes, then adds. An element whose expiry moved is deleted and added again with
-        its new timeout in the same (atomic) batch: not updated in place, because on this
+    def _element_diff_msgs(old, new, gen: str, family: int, held) -> list:
+        """The batch part for one table: deletes of the elements that went or whose expiry
+        moved, of those it still holds (`held(set name)`: the elements read from it), then
+        adds of the new and the moved, then its hot sets emptied (no key stays hot that the
+        new elements do not hold); none if nothing changed. A moved element is deleted and added again, not updated in place: on this
         6.18 kernel a NEWSETELEM on an existing element of the real sets left it to lapse at
-        its old expiration (test_host_exceptions caught it). An element whose timeout has run
-        out is not deleted: the kernel has dropped it (deleting it would fail the batch with
-        ENOENT)."""
-        dels, adds, now = [], [], time.time()
+        its old expiration (test_host_exceptions caught it)."""
+        dels, adds = [], []
         for name in SET_FIELDS:
             before, after = set(old.elements.get(name, ())), set(new.elements.get(name, ()))
             old_t, new_t = old.expires.get(name, {}), new.expires.get(name, {})
             moved = {el for el in before & after if old_t.get(el) != new_t.get(el)}
-            gone = sorted(el for el in (before - after) | moved if old_t.get(el, math.inf) > now)
+            changed = (before - after) | moved
+            gone = sorted(changed & held(name)) if changed else []
             came = sorted((after - before) | moved)
-            dels += [("DELSETELEM", 0, body) for body in w.setelem_bodies(name, gone, gen)] if gone else []
-            adds += [("NEWSETELEM", w.NLM_F_CREATE, body)
+            dels += [("DELSETELEM", 0, body, family) for body in w.setelem_bodies(name, gone, gen)] if gone else []
+            adds += [("NEWSETELEM", w.NLM_F_CREATE, body, family)
                      for body in w.setelem_bodies(name, came, gen, new.timeouts_ms(name))] if came else []
-        return dels + adds
+        if not (dels or adds):
+            return []
+        return dels + adds + [("DELSETELEM", 0, w.set_ref_body(n, gen), family) for n in HOT_SETS]
 
     def _create(self, sock: NftSocket, rs, state) -> None:
         """A table that is not the shape Cordon installs is replaced in one batch. A first
@@ -213,7 +223,8 @@ class NftablesBackend(Backend):
         dhcp = readback.has_dhcp(seen)
         servers = readback.dhcp_servers(seen) if dhcp else ()
         problems = list(state.shape_problems) + readback.rule_problems(seen, chain_rules(dhcp, servers))
-        hot = self._hot_may_hold(elements)
+        lapsing = self._lapsing()
+        hot = self._hot_may_hold(elements, lapsing)
         problems += readback.hot_problems(sock, gen, hot, w.NFPROTO_INET, f"inet {TABLE}")
         if state.flags & 1:
             problems.append(f"table inet {TABLE} is dormant (unhooked)")
@@ -221,7 +232,8 @@ class NftablesBackend(Backend):
             problems.append(f"table inet {TABLE} flags {w.flag_names(state.flags)} differ from "
                             f"{w.flag_names(self._flags())}")
         below, below_problems = netdev.read_back(sock, self._flags(), list_devices(self.netns), dhcp, gen,
-                                                 {n: elements.get(n, ()) for n in SET_FIELDS}, servers, hot)
+                                                 {n: elements.get(n, ()) for n in SET_FIELDS}, servers, hot,
+                                                 lapsing)
         problems += below_problems
         rules = {c: len(r) for c, r in seen.items()}
         details = {
@@ -250,17 +262,25 @@ class NftablesBackend(Backend):
             digest = atoms_digest(dhcp, atoms_from_elements(elements), servers)
         return ReadBack(True, digest, details)
 
-    def _hot_may_hold(self, elements: dict) -> readback.HotIndex:
-        """What a hot set's keys may lie in: the elements read back, and those of this
-        process's plan that lapsed by their kernel timeout in the last second (a key put
-        into a hot set just before stays up to HOT_TIMEOUT_MS longer)."""
+    def _lapsing(self) -> dict:
+        """{set name: elements} of this process's plan whose kernel timeout runs out within
+        LAPSE_WINDOW_S of now, either side: the kernel drops them at its own moment (the
+        batch's, not the agent's clock) and each dump of a read-back is a different moment,
+        so such an element may be in one table's dump and gone from the next. Only these,
+        ours and due, may differ between copies; any other difference is tamper."""
         now = time.time()
-        lapsed = {name: [el for el, at in ends.items() if now - 1 <= at <= now]
-                  for name, ends in (self._ruleset.expires if self._ruleset else {}).items()}
-        if not any(lapsed.values()):
+        return {name: [el for el, at in ends.items() if abs(at - now) <= LAPSE_WINDOW_S]
+                for name, ends in (self._ruleset.expires if self._ruleset else {}).items()}
+
+    @staticmethod
+    def _hot_may_hold(elements: dict, lapsing: dict) -> readback.HotIndex:
+        """What a hot set's keys may lie in: the elements read back, and those lapsing (a
+        key put into a hot set just before its element lapsed stays up to HOT_TIMEOUT_MS
+        longer)."""
+        if not any(lapsing.values()):
             return readback.HotIndex(elements)
-        return readback.HotIndex({n: list(elements.get(n, ())) + lapsed.get(n, [])
-                                  for n in set(elements) | set(lapsed)})
+        return readback.HotIndex({n: list(elements.get(n, ())) + lapsing.get(n, [])
+                                  for n in set(elements) | set(lapsing)})
 
     def close(self) -> None:
         # Closing the socket gives up ownership; the persist flag keeps the table.

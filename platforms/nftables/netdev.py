@@ -248,11 +248,13 @@ def render_text(rs, devices, gen: str = "a") -> str:
 
 def read_back(sock, flags_wanted: int, devices, dhcp: bool, gen: str,
               elements: dict | None = None, servers: tuple[str, ...] = (),
-              hot: HotIndex | None = None) -> tuple[dict, list[str]]:
+              hot: HotIndex | None = None, lapsing: dict | None = None) -> tuple[dict, list[str]]:
     """What table netdev cordon holds against what it must hold: flags (a dormant table
     is unhooked), one ingress and one egress chain per device with hook, priority,
     policy and device, every rule by tag and value, and every set's elements against
-    `elements` (the inet table's, read back: the two must be copies)."""
+    `elements` (the inet table's, read back: the two must be copies, but for the
+    elements of `lapsing`, {set: elements} due to time out now, which the kernel may
+    have dropped between the two dumps)."""
     raw = sock.get("GETTABLE", w.table_body(), NFPROTO_NETDEV)
     if raw is None:
         return {"table": None}, [f"table netdev {TABLE} is missing"]
@@ -293,7 +295,8 @@ def read_back(sock, flags_wanted: int, devices, dhcp: bool, gen: str,
             got = [t for t, _ in seen.get(name, [])]
             problems.append(f"netdev chain {name}: rules {got} differ from what Cordon installs")
     for name, want in (elements or {}).items():
-        if set_elements(sock, name, gen, NFPROTO_NETDEV) != want:
+        differ = set(set_elements(sock, name, gen, NFPROTO_NETDEV)) ^ set(want)
+        if differ - set((lapsing or {}).get(name, ())):
             problems.append(f"netdev set {set_name(name, gen)}: elements differ from table inet {TABLE}'s")
     if elements is not None:
         problems += hot_problems(sock, gen, HotIndex(elements) if hot is None else hot, NFPROTO_NETDEV,

@@ -130,7 +130,9 @@ def test_follows_a_records_both_directions_and_refreshes_set_elements_only(lab, 
         dns.write({NAME: {"a": [jump], "ttl": ttl}})
         _wait_verdicts(lab, {out_jump: ALLOWED, in_jump: ALLOWED, out_rmm: BLOCKED, in_rmm: BLOCKED},
                        3 * ttl, "the exception must follow the new A record within a TTL")
-        assert _rules_with_handles(lab) == rules, "a refresh rebuilt chains or rules"
+        assert _rules_with_handles(lab) == rules, ("a refresh rebuilt chains or rules; agent events: " + repr(
+            [e for e in agent.audit_events() if e.get("event") in
+             ("tamper_detected", "refresh_failed", "refresh_not_in_force", "policy_enforced")]))
         assert agent.status()["exceptions"]["hosts"][0]["addresses"] == [jump]
         policy_show = json.loads(agent.cli("policy", "show", "--json").stdout)
         assert policy_show["hosts"][0]["addresses"] == [jump]

@@ -138,10 +138,12 @@ def test_disjoint_timed_keeps_each_point_as_long_as_its_longest_box(items):
 
 def _diff(old_plan, new_plan):
     from platforms.nftables.backend import NftablesBackend
-    msgs = NftablesBackend._element_diff_msgs(build(old_plan), build(new_plan), "a")
+    held = build(old_plan).elements  # the kernel holds the old plan's elements
+    msgs = NftablesBackend._element_diff_msgs(build(old_plan), build(new_plan), "a", w.NFPROTO_INET,
+                                              lambda name: set(held.get(name, ())))
     out = []
-    for kind, _, body in msgs:
-        for _, elem in w.parse_attrs(w.attr_map(body)[w.NFTA_SET_ELEM_LIST_ELEMENTS]):
+    for kind, _, body, _ in msgs:
+        for _, elem in w.parse_attrs(w.attr_map(body).get(w.NFTA_SET_ELEM_LIST_ELEMENTS, b"")):
             a = w.attr_map(elem)
             key = w.unpack_key(("ipv4_addr", "inet_proto", "inet_service"),
                                w.attr_map(a[w.NFTA_SET_ELEM_KEY])[w.NFTA_DATA_VALUE])

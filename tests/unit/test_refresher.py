@@ -102,6 +102,29 @@ def test_an_exception_gone_long_before_its_time_is_tamper(tmp_path):
     assert exception_atoms(e) == {("out", "tcp", "203.0.113.5/32", 22, 22)}
 
 
+def test_a_kernel_timeout_running_out_after_the_agent_clock_is_not_tamper(tmp_path):
+    """The kernel drops an element at its own moment, after the agent's clock passed its
+    expires_at (the batch went out after the timeout was computed): still in force a
+    moment past its time is not tamper; the same flow still there long after it is."""
+    e, log = engine(tmp_path, {})
+    from agent.fields import format_utc
+    ends = round(time.time()) + 2
+    e.set_policy({"enabled": True, "outbound": [{"protocol": "tcp", "address": "203.0.113.5", "ports": "22",
+                                                 "expires_at": format_utc(ends)}]}, {})
+    e.isolate("standard", None, {})
+    held = e.backend.installed
+    wait_for_clock(ends + 0.3)
+    assert e.reconcile() is False and not log.of("tamper_detected"), "a lapse a moment late is not tamper"
+    dhcp, atoms = held
+    e.backend.installed = (dhcp, atoms | {("out", "tcp", "203.0.113.99/32", 22, 22)})
+    assert e.reconcile() is True and log.of("tamper_detected"), "a flow no plan holds is tamper at any moment"
+    assert exception_atoms(e) == set()
+    e.backend.installed = held
+    wait_for_clock(ends + 2.5)
+    assert e.reconcile() is True, "an expired exception still held seconds after its time is tamper"
+    assert exception_atoms(e) == set()
+
+
 def test_commands_and_status_do_not_wait_on_a_slow_resolver(tmp_path):
     """A refresh resolves outside the engine lock: while the resolvers hang (unreachable,
     or a hostile one answering slowly), status and release still go through, and the late
