@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import threading
+import time
 
 from agent import channel as console_channel
 from agent import instance, log as audit
@@ -22,6 +23,7 @@ from platforms.base import BackendUnavailable
 VERIFY_INTERVAL_S = 0.5   # tamper check when the backend offers no change events
 EVENT_VERIFY_S = 5.0      # slow safety-net check when it does
 MIN_BACKOFF_S, MAX_BACKOFF_S = 0.2, 5.0
+MIN_LOOK_S = 0.05         # never a busy wait
 
 
 def sd_notify(message: str) -> None:
@@ -67,6 +69,16 @@ class ServiceNotifier:
             self._status = text
 
 
+def next_look_s(engine: Engine, watchdog_s: float, now: float) -> float:
+    """How long the watch may wait for a change event before it looks anyway: the safety
+    net's EVENT_VERIFY_S, less for the watchdog, less again when a lapse was excused (an
+    element re-added as its time came sends no event when the excuse ends)."""
+    wait = min(EVENT_VERIFY_S, watchdog_s) if watchdog_s else EVENT_VERIFY_S
+    if engine.recheck_at is not None and engine.recheck_at > now:  # past: the last look was after it
+        wait = min(wait, max(MIN_LOOK_S, engine.recheck_at - now))
+    return wait
+
+
 def watch(engine: Engine, stop: threading.Event, log, notifier: ServiceNotifier | None = None) -> None:
     """Re-apply within a second when the rules in force differ from the plan."""
     events = engine.backend.capabilities().change_events
@@ -76,7 +88,7 @@ def watch(engine: Engine, stop: threading.Event, log, notifier: ServiceNotifier 
         if backoff:
             stop.wait(backoff)  # the firewall refused a repair: retry, but never spin
         elif events:
-            engine.backend.wait_for_change(min(EVENT_VERIFY_S, watchdog_s) if watchdog_s else EVENT_VERIFY_S)
+            engine.backend.wait_for_change(next_look_s(engine, watchdog_s, time.time()))
         else:
             stop.wait(VERIFY_INTERVAL_S)
         if stop.is_set():

@@ -18,29 +18,20 @@ import threading
 import time
 from dataclasses import asdict
 
-from agent import __version__
+from agent import __version__, hostx
 from agent.connections import cut_by
 from agent.compile import compile_plan
 from agent.dhcp_leases import leased_servers
 from agent.config import Config
-from agent.errors import ApplyFailed, FieldError, InvalidInput
+from agent.errors import ApplyFailed
+from agent.fields import check_reason
 from platforms.plan import Mode, Plan
 from agent.policy import validate_policy
-from agent import hostx
 from agent.resolve import HostTable
 from agent.store import AgentState, StateCorrupt, Store, now_iso
 from platforms.base import Backend, BackendError, BackendUnavailable, ReadBack
 
-MAX_REASON = 256
 LAPSE_SLACK_S = 2.0  # a kernel timeout and the agent's clock may disagree by this much
-
-
-def check_reason(reason: str | None) -> str | None:
-    if reason is None:
-        return None
-    if not isinstance(reason, str) or len(reason) > MAX_REASON or not reason.isprintable():
-        raise InvalidInput(FieldError("reason", f"must be printable text of at most {MAX_REASON} characters"))
-    return reason
 
 
 def state_view(s: AgentState, sensor_type: str) -> dict:
@@ -75,6 +66,7 @@ class Engine:
         self.channel_status = None    # callable -> dict: the console channel's state (agent/channel)
         self.state = AgentState()
         self.degraded: str | None = None  # why the stored state is not what is in force
+        self.recheck_at: float | None = None  # when the watch must look again (a lapse was excused)
         self.started = time.time()
         self._lock = threading.RLock()
         self.hosts = HostTable(config.vendor.dns_servers, config.exceptions.min_host_ttl)
@@ -207,8 +199,13 @@ class Engine:
             return True
 
     def holds(self, seen) -> bool:
-        """Does `seen` enforce the plan in force now, give or take a lapse (hostx.holds)?"""
-        return hostx.holds(seen, lambda t: self._plan_for(self.state, t), time.time(), LAPSE_SLACK_S)
+        """Does `seen` enforce the plan in force now, give or take a lapse (hostx.holds)? A
+        lapse excused asks the watch for another look once the slack is over (recheck_at)."""
+        now = time.time()
+        how = hostx.holds(seen, lambda t: self._plan_for(self.state, t), now, LAPSE_SLACK_S)
+        if how == "lapsing":
+            self.recheck_at = now + LAPSE_SLACK_S
+        return how is not None
 
     # -- views ----------------------------------------------------------------------
     def desired_plan(self) -> Plan | None:

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator
 
+from agent.errors import FieldError, InvalidInput
 from platforms.plan import PortRange
 
 Protocol = Literal["tcp", "udp", "icmp", "any"]
@@ -212,3 +213,14 @@ def utc_epoch(canonical: str) -> float:
 
 Host = Annotated[str, BeforeValidator(parse_host)]
 ExpiresAt = Annotated[str, BeforeValidator(parse_expires_at)]
+
+
+MAX_REASON = 256
+
+
+def check_reason(reason: str | None) -> str | None:
+    if reason is None:
+        return None
+    if not isinstance(reason, str) or len(reason) > MAX_REASON or not reason.isprintable():
+        raise InvalidInput(FieldError("reason", f"must be printable text of at most {MAX_REASON} characters"))
+    return reason

@@ -38,18 +38,19 @@ def expired(s: AgentState, now: float):
                 yield (p.version, direction, e.key()), direction, e
 
 
-def holds(seen: ReadBack, plan_at, now: float, slack: float) -> bool:
+def holds(seen: ReadBack, plan_at, now: float, slack: float) -> str | None:
     """Does the read-back `seen` enforce the plan in force at `now` (`plan_at(t)`: the plan
-    compiled as of t)? A flow whose kernel timeout runs out within `slack` of now may be
-    there or gone: the kernel drops it at its own moment, before or after the agent's clock
-    says so, and the refresh loop syncs soon after; that is not tamper."""
+    compiled as of t)? "enforced"; or "lapsing": it does with some flows that expire within
+    `slack` of now present or gone, as at some moment in that span (the kernel drops an
+    element at its own moment, before or after the agent's clock says so, and the refresh
+    loop syncs soon after; that is not tamper); else None."""
     if seen.enforces(plan_at(now)):
-        return True
+        return "enforced"
     wide = plan_at(now - slack)
     if wide is None:
-        return False
+        return None
     ends = sorted({f.expires for f in wide.flows if f.expires is not None and now - slack < f.expires <= now + slack})
-    return any(seen.enforces(wide.lapsed(t)) for t in [now - slack, *ends])
+    return "lapsing" if any(seen.enforces(wide.lapsed(t)) for t in [now - slack, *ends]) else None
 
 
 def hosts_view(plan: Plan | None) -> list[dict]:

@@ -115,6 +115,12 @@ def test_a_kernel_timeout_running_out_after_the_agent_clock_is_not_tamper(tmp_pa
     held = e.backend.installed
     wait_for_clock(ends + 0.3)
     assert e.reconcile() is False and not log.of("tamper_detected"), "a lapse a moment late is not tamper"
+    # An excused lapse sends no event when the excuse ends: the watch looks again by then.
+    from agent.daemon import EVENT_VERIFY_S, next_look_s
+    assert e.recheck_at is not None
+    now = time.time()
+    assert 0 < next_look_s(e, 0, now) <= e.recheck_at - now + 0.05 < EVENT_VERIFY_S
+    assert next_look_s(e, 0, e.recheck_at + 0.01) == EVENT_VERIFY_S, "once past, the usual safety net"
     dhcp, atoms = held
     e.backend.installed = (dhcp, atoms | {("out", "tcp", "203.0.113.99/32", 22, 22)})
     assert e.reconcile() is True and log.of("tamper_detected"), "a flow no plan holds is tamper at any moment"
