@@ -200,12 +200,11 @@ class Engine:
 
     def holds(self, seen) -> bool:
         """Does `seen` enforce the plan in force now, give or take a lapse (hostx.holds)? A
-        lapse excused asks the watch for another look once the slack is over (recheck_at)."""
-        now = time.time()
-        how = hostx.holds(seen, lambda t: self._plan_for(self.state, t), now, LAPSE_SLACK_S)
-        if how == "lapsing":
-            self.recheck_at = now + LAPSE_SLACK_S
-        return how is not None
+        lapse excused asks the watch for another look when the excuse ends (recheck_at)."""
+        held, again = hostx.holds(seen, lambda t: self._plan_for(self.state, t), time.time(), LAPSE_SLACK_S)
+        if again is not None:
+            self.recheck_at = again
+        return held
 
     # -- views ----------------------------------------------------------------------
     def desired_plan(self) -> Plan | None:

@@ -38,19 +38,21 @@ def expired(s: AgentState, now: float):
                 yield (p.version, direction, e.key()), direction, e
 
 
-def holds(seen: ReadBack, plan_at, now: float, slack: float) -> str | None:
+def holds(seen: ReadBack, plan_at, now: float, slack: float) -> tuple[bool, float | None]:
     """Does the read-back `seen` enforce the plan in force at `now` (`plan_at(t)`: the plan
-    compiled as of t)? "enforced"; or "lapsing": it does with some flows that expire within
-    `slack` of now present or gone, as at some moment in that span (the kernel drops an
-    element at its own moment, before or after the agent's clock says so, and the refresh
-    loop syncs soon after; that is not tamper); else None."""
+    compiled as of t)? It does also with some flows that expire within `slack` of now present
+    or gone, as at some moment in that span: the kernel drops an element at its own moment,
+    before or after the agent's clock says so, and the refresh loop syncs soon after; that
+    is not tamper. (held, when the first such excuse ends: look again then, else None)."""
     if seen.enforces(plan_at(now)):
-        return "enforced"
+        return True, None
     wide = plan_at(now - slack)
     if wide is None:
-        return None
+        return False, None
     ends = sorted({f.expires for f in wide.flows if f.expires is not None and now - slack < f.expires <= now + slack})
-    return "lapsing" if any(seen.enforces(wide.lapsed(t)) for t in [now - slack, *ends]) else None
+    if any(seen.enforces(wide.lapsed(t)) for t in [now - slack, *ends]):
+        return True, (ends[0] if ends else now) + slack
+    return False, None
 
 
 def hosts_view(plan: Plan | None) -> list[dict]:
