@@ -191,7 +191,7 @@ class Engine:
             plan = self.desired_plan()
             self.log.warning("tamper_detected", expected=plan.digest() if plan else None,
                              found=seen.digest, present=seen.present,
-                             problems=seen.details.get("problems", []))
+                             problems=seen.problems)
             ms = self._enforce_best()
             if self.degraded:
                 raise ApplyFailed(self.degraded)

@@ -50,8 +50,10 @@ def holds(seen: ReadBack, plan_at, now: float, slack: float) -> tuple[bool, floa
     if wide is None:
         return False, None
     ends = sorted({f.expires for f in wide.flows if f.expires is not None and now - slack < f.expires <= now + slack})
-    if any(seen.enforces(wide.lapsed(t)) for t in [now - slack, *ends]):
-        return True, (ends[0] if ends else now) + slack
+    if not ends:  # then `wide` is the plan at now, which `seen` does not enforce
+        return False, None
+    if any(seen.enforces(wide.lapsed(t)) for t in [now - slack, *ends]):  # none gone yet, then one by one
+        return True, ends[0] + slack
     return False, None
 
 

@@ -66,7 +66,7 @@ class Refresher:
                 ok = e.holds(seen)
                 if not ok:
                     e.log.warning("refresh_not_in_force", expected=plan.digest(), found=seen.digest,
-                                  problems=seen.details.get("problems", []))
+                                  problems=seen.problems)
             except BackendError as exc:
                 e.log.error("refresh_failed", error=str(exc))
                 ok = False

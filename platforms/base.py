@@ -65,6 +65,11 @@ class ReadBack:
     digest: str | None = None     # Plan.digest() of what is installed, when readable
     details: dict = field(default_factory=dict)
 
+    @property
+    def problems(self) -> list:
+        """What the read-back found wrong, in words (empty when it found nothing)."""
+        return self.details.get("problems", [])
+
     def enforces(self, plan: Plan | None) -> bool:
         if plan is None:
             return not self.present

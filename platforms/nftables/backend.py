@@ -96,9 +96,10 @@ class NftablesBackend(Backend):
                 or state.owner not in (None, sock.portid)):
             return self.apply(plan)
         families = [w.NFPROTO_INET] + ([netdev.NFPROTO_NETDEV] if self._netdev_present(sock) else [])
+        def held(family: int):  # what that table holds of a set now
+            return lambda name: set(readback.set_elements(sock, name, state.gen, family))
         for _ in range(REFRESH_TRIES):
-            msgs = [m for family in families for m in self._element_diff_msgs(
-                old, new, state.gen, family, lambda name, f=family: set(readback.set_elements(sock, name, state.gen, f)))]
+            msgs = [m for f in families for m in self._element_diff_msgs(old, new, state.gen, f, held(f))]
             if not msgs:
                 break
             try:
@@ -115,9 +116,10 @@ class NftablesBackend(Backend):
         """The batch part for one table: deletes of the elements that went or whose expiry
         moved, of those it still holds (`held(set name)`: the elements read from it), then
         adds of the new and the moved, then its hot sets emptied (no key stays hot that the
-        new elements do not hold); none if nothing changed. A moved element is deleted and added again, not updated in place: on this
-        6.18 kernel a NEWSETELEM on an existing element of the real sets left it to lapse at
-        its old expiration (test_host_exceptions caught it)."""
+        new elements do not hold); none if nothing changed. A moved element is deleted and
+        added again, not updated in place: on this 6.18 kernel a NEWSETELEM on an existing
+        element of the real sets left it to lapse at its old expiration (test_host_exceptions
+        caught it)."""
         dels, adds = [], []
         for name in SET_FIELDS:
             before, after = set(old.elements.get(name, ())), set(new.elements.get(name, ()))
